@@ -1,0 +1,145 @@
+"""Running one step on one message, with Pub/Sub's delivery semantics, the same locally and in the cloud.
+
+- The message is parsed and validated first; a PermanentError (bad input, duplicate request, missing object)
+  publishes the message and its reason to the dead-letter topic and acknowledges it.
+- A step that already completed for a model (a marker in the state store) does not run again: a redelivered
+  message makes no second model, ledger record or notification.
+- Anything else propagates, so the delivery fails and is retried; `deliver_locally` bounds those retries as a
+  subscription's dead-letter policy does.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import time
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, Callable
+
+from functions import handlers
+from functions.events import ExpireTick, ModelEvent, Signup
+from infra.errors import DuplicateRequest, InvalidEvent, PermanentError
+from infra.logs import get_logger
+from infra.ports import Ports
+from infra.settings import Topics
+
+log = get_logger("iml.runner")
+LOCAL_MAX_DELIVERY_ATTEMPTS = 5
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    input_topic: Callable[[Topics], str]
+    output_topic: Callable[[Topics], str | None]
+    parse: Callable[[object], Any]
+    handle: Callable[[Any, Ports], Any]
+    # a signup seen again is a duplicate request (reported); an internal event seen again is a redelivery
+    duplicate_is_error: bool = False
+
+
+STEPS = {
+    step.name: step
+    for step in (
+        Step("generate", lambda t: t.signup, lambda t: t.generated, Signup.parse, handlers.generate, True),
+        Step("watermark", lambda t: t.generated, lambda t: t.watermarked, ModelEvent.parse, handlers.watermark),
+        Step("encrypt", lambda t: t.watermarked, lambda t: t.sealed, ModelEvent.parse, handlers.encrypt),
+        Step("publish", lambda t: t.sealed, lambda t: t.ready, ModelEvent.parse, handlers.publish),
+        Step("expire", lambda t: t.expire, lambda t: None, ExpireTick.parse, handlers.expire),
+    )
+}
+
+
+class Outcome(Enum):
+    DONE = "done"
+    DUPLICATE = "duplicate"
+    DEAD_LETTERED = "dead-lettered"
+
+
+@dataclass(frozen=True)
+class StepResult:
+    step: str
+    outcome: Outcome
+    seconds: float
+    user_id: str | None = None
+    model_id: str | None = None
+    reason: str | None = None
+
+
+def run_step(step: Step, payload: bytes, ports: Ports) -> StepResult:
+    started = time.perf_counter()
+    event = None
+    try:
+        event = step.parse(_decode(payload))
+        marker = f"done/{step.name}/{event.model_id}" if hasattr(event, "model_id") else None
+        if marker and ports.state.exists(marker):
+            if step.duplicate_is_error:
+                raise DuplicateRequest(
+                    f"duplicate request: request_id {event.request_id!r} of user {event.user_id!r} "
+                    f"was already turned into model {event.model_id}"
+                )
+            log.info("redelivered message skipped", step=step.name, model_id=event.model_id)
+            return _result(step, Outcome.DUPLICATE, started, event)
+        output = step.handle(event, ports)
+        topic = step.output_topic(ports.settings.topics)
+        if output is not None and topic is not None:
+            ports.bus.publish(topic, output.to_dict())
+        if marker:
+            ports.state.put(marker, json.dumps({"done_at": ports.clock().isoformat()}).encode(), if_absent=True)
+    except PermanentError as error:
+        dead_letter(step.name, payload, str(error), type(error).__name__, ports)
+        return _result(step, Outcome.DEAD_LETTERED, started, event, reason=str(error))
+    result = _result(step, Outcome.DONE, started, event)
+    log.info("step done", step=step.name, user_id=result.user_id, model_id=result.model_id,
+             seconds=round(result.seconds, 3))
+    return result
+
+
+def deliver_locally(step: Step, payload: bytes, ports: Ports) -> StepResult:
+    """What a push subscription with a dead-letter policy does: retry a failing delivery a few times, then
+    forward the message to the dead-letter topic, so a poison message never blocks the rest."""
+    for attempt in range(1, LOCAL_MAX_DELIVERY_ATTEMPTS + 1):
+        started = time.perf_counter()
+        try:
+            return run_step(step, payload, ports)
+        except Exception as error:  # a transient error or a bug: Pub/Sub would redeliver
+            log.warning("delivery failed, will retry", step=step.name, attempt=attempt,
+                        error_type=type(error).__name__)
+            last = error
+    reason = f"failed {LOCAL_MAX_DELIVERY_ATTEMPTS} delivery attempts, last with {type(last).__name__}: {last}"
+    dead_letter(step.name, payload, reason, type(last).__name__, ports)
+    return StepResult(step.name, Outcome.DEAD_LETTERED, time.perf_counter() - started, reason=reason)
+
+
+def dead_letter(step: str, payload: bytes, reason: str, error_type: str, ports: Ports) -> None:
+    message: dict = {
+        "schema_version": 1,
+        "step": step,
+        "reason": reason,
+        "error_type": error_type,
+        "dead_lettered_at": ports.clock().isoformat(),
+    }
+    try:
+        message["message"] = json.loads(payload)
+    except ValueError:
+        message["message_base64"] = base64.b64encode(payload).decode()
+    ports.bus.publish(ports.settings.topics.dead_letter, message)
+    log.warning("message dead-lettered", step=step, reason=reason, error_type=error_type)
+
+
+def _decode(payload: bytes) -> object:
+    try:
+        return json.loads(payload)
+    except ValueError:
+        raise InvalidEvent("(event)", "is not valid JSON") from None
+
+
+def _result(step: Step, outcome: Outcome, started: float, event, reason: str | None = None) -> StepResult:
+    return StepResult(
+        step.name,
+        outcome,
+        time.perf_counter() - started,
+        user_id=getattr(event, "user_id", None),
+        model_id=getattr(event, "model_id", None),
+        reason=reason,
+    )

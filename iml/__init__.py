@@ -1,0 +1,1 @@
+"""The `iml` command: the embedded demo, the verifier, and the simulated device."""

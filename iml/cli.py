@@ -1,0 +1,160 @@
+"""The `iml` command line: `iml demo` runs the pipeline end to end; `iml verify` traces a leaked model."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+EXIT_ACCUSED, EXIT_NOBODY, EXIT_ERROR = 0, 1, 2
+err = Console(stderr=True)
+
+
+@click.group()
+@click.version_option(package_name="iml-pipeline")
+def main() -> None:
+    """Individual ML models: generated, fingerprinted, sealed to a device, expired; and traced when leaked."""
+
+
+@main.command()
+@click.option("--users", type=click.IntRange(1, 100), default=3, show_default=True, help="Simulated users.")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-run"),
+              show_default=True, help="Folder for buckets, keys, ledger, devices (reused: the base model is cached).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of tables.")
+def demo(users: int, workdir: Path, as_json: bool) -> None:
+    """Run the whole pipeline for N simulated users on embedded defaults (no cloud, no network)."""
+    from iml.demo import Progress as DemoProgress
+    from iml.demo import run_demo
+    from infra import logs
+
+    workdir = workdir.resolve()
+    (workdir / "logs").mkdir(parents=True, exist_ok=True)
+    log_file = open(workdir / "logs" / "pipeline.jsonl", "a")
+    logs.configure(log_file)
+    bars = Progress(TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err, transient=False)
+    tasks: dict[str, int] = {}
+
+    def advance(stage: str) -> None:
+        bars.start_task(tasks[stage])  # a stage's clock starts with its first piece of work
+        bars.advance(tasks[stage])
+
+    hooks = DemoProgress(
+        on_stage=lambda stage, total: tasks.setdefault(stage, bars.add_task(stage, total=total, start=False)),
+        on_advance=advance,
+    )
+    with log_file, bars, _stdout_to_stderr(as_json):
+        report = run_demo(users, workdir, hooks)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+    else:
+        _print_demo(report)
+
+
+@main.command("verify")
+@click.argument("model_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="The workdir of the pipeline that issued the models (its ledger, keys and base model).")
+@click.option("--alpha", type=click.FloatRange(1e-300, 0.5), default=1e-9, show_default=True,
+              help="Bound on the probability of accusing any innocent user.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+def verify_command(model_file: Path, workdir: Path, alpha: float, as_json: bool) -> None:
+    """Name the user a leaked MODEL_FILE was issued to. Exit 0: someone accused; 1: nobody; 2: error."""
+    from infra.bootstrap import local_ports
+    from infra.errors import ObjectMissing
+    from infra.settings import Settings
+    from watermark.verify import NoLedger, UnreadableModel, verify
+
+    if not (workdir / "kms" / "local-keys.json").is_file():
+        _fail(f"{workdir} holds no pipeline keys: point --workdir at the folder `iml demo` used")
+    ports = local_ports(Settings(workdir=workdir))
+    with Progress(TextColumn("ranking"), BarColumn(), MofNCompleteColumn(), console=err,
+                  transient=True, disable=as_json) as bars:
+        task = bars.add_task("rank", total=None)
+        try:
+            verdict = verify(model_file.read_bytes(), ports.ledger, ports.kms, ports.models, alpha=alpha,
+                             progress=lambda done, total: bars.update(task, completed=done, total=total))
+        except (UnreadableModel, NoLedger, ObjectMissing) as error:
+            _fail(str(error))
+    if as_json:
+        click.echo(json.dumps(verdict.to_dict(), indent=2))
+    else:
+        _print_verdict(verdict, model_file)
+    sys.exit(EXIT_ACCUSED if verdict.accused else EXIT_NOBODY)
+
+
+def _fail(message: str) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    sys.exit(EXIT_ERROR)
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr(enabled: bool):
+    """Keep stdout for the JSON report alone: libraries that print (TensorFlow does) go to stderr."""
+    if not enabled:
+        yield
+        return
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _print_demo(report: dict) -> None:
+    out = Console()
+    table = Table(title="Individual models, one per user")
+    for column in ("user", "model", "acc. unmarked", "acc. marked", "acc. on device", "sealed sha256"):
+        table.add_column(column)
+    for row in report["users"]:
+        table.add_row(row["user_id"], row["model_id"] or "-", _pct(row["accuracy_base"]),
+                      _pct(row["accuracy_watermarked"]), _pct(row["accuracy_on_device"]),
+                      (row["sealed_sha256"] or "-")[:16] + "…")
+    out.print(table)
+    leak, never = report["leak"], report["never_issued"]
+    if leak:
+        out.print(f"Leaked model of [bold]{leak['leaked_user']}[/]: accused {leak['accused'] or 'nobody'} "
+                  f"(p = {leak['p_value']:.3g}, threshold {leak['p_threshold']:.3g})")
+    out.print(f"Model never issued: accused {never['accused'] or 'nobody'} (best p = {never['best_p_value']:.3g})")
+    expiry = report["expiry"]
+    out.print(f"Expiry: {expiry['delivered_before']} delivered, {expiry['remaining']} left after the TTL, "
+              f"{expiry['ledger_expired_records']} deletions in the ledger")
+    for dead in report["dead_letters"]:
+        out.print(f"[yellow]dead letter[/] from {dead['step']}: {dead['reason']}")
+    out.print("Seconds per step: " + ", ".join(f"{k} {v:.1f}" for k, v in report["timings"].items()))
+    out.print(f"Everything is under {report['workdir']}; try: iml verify {leak['file'] if leak else 'FILE'} "
+              f"--workdir {report['workdir']}")
+
+
+def _print_verdict(verdict, model_file: Path) -> None:
+    out = Console()
+    table = Table(title=f"{model_file.name}: best of {verdict.models_ranked} issued models")
+    for column in ("user", "model", "score z", "p-value"):
+        table.add_column(column)
+    for c in verdict.candidates:
+        table.add_row(c.user_id, c.model_id, f"{c.score:.2f}", f"{c.p_value:.3g}")
+    out.print(table)
+    for line in verdict.excluded_records:
+        err.print(f"[yellow]excluded ledger record[/] {line}")
+    if verdict.accused:
+        out.print(f"[bold]Accused:[/] {', '.join(verdict.accused)} (p <= {verdict.p_threshold:.3g}; the chance of "
+                  f"accusing any innocent user is at most {verdict.alpha:.3g})")
+    else:
+        out.print("Nobody accused: no issued model's fingerprint is significant.")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"

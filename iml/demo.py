@@ -1,0 +1,187 @@
+"""`iml demo`: the real pipeline for a few simulated users on the embedded defaults, end to end.
+
+Signup -> generate -> watermark -> encrypt -> publish through the in-process bus; each device downloads,
+opens and runs its model; one decrypted model leaks and the verifier traces it; a model never issued
+accuses nobody; the clock moves past the TTL and expire deletes what was delivered.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Callable
+
+from functions import userdata
+from functions.events import Ready, Signup
+from functions.runner import STEPS, StepResult, deliver_locally
+from iml import device as devices
+from infra.bootstrap import local_ports
+from infra.settings import Settings
+from watermark.verify import verify
+
+NEVER_ISSUED_USER = "never-issued"
+
+
+class MovableClock:
+    """Real time plus an offset the demo can push forward, to show expiry without waiting an hour."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(timezone.utc) + self.offset
+
+    def advance(self, by: timedelta) -> None:
+        self.offset += by
+
+
+@dataclass
+class Progress:
+    """What the demo tells its caller as it goes; the CLI turns it into progress bars."""
+
+    on_stage: Callable[[str, int], None] = lambda stage, total: None
+    on_advance: Callable[[str], None] = lambda stage: None
+
+
+@dataclass
+class _Run:
+    results: list[StepResult] = field(default_factory=list)
+    ready: dict[str, Ready] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def time(self, name: str, started: float) -> None:
+        self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - started, 3)
+
+
+def run_demo(users: int, workdir: Path, progress: Progress = Progress(), settings: Settings | None = None) -> dict:
+    if not 1 <= users <= 100:
+        raise ValueError("--users must be between 1 and 100")
+    settings = settings or Settings(workdir=workdir)
+    clock = MovableClock()
+    ports = local_ports(settings, clock)
+    topics = settings.topics
+    run = _Run()
+    dead_letters_before = len(ports.bus.journal(topics.dead_letter))
+
+    for step in STEPS.values():
+        def deliver(payload: bytes, step=step) -> None:
+            result = deliver_locally(step, payload, ports)
+            run.results.append(result)
+            run.timings[step.name] = round(run.timings.get(step.name, 0.0) + result.seconds, 3)
+            progress.on_advance(step.name)
+
+        ports.bus.subscribe(step.input_topic(topics), deliver)
+    ports.bus.subscribe(topics.ready, lambda payload: _keep_ready(run, payload))
+
+    # 1. every simulated device makes its key pair and signs up
+    stamp = clock().strftime("%Y%m%dT%H%M%S")
+    phones = [devices.Device.create(workdir / "devices" / f"user-{i:03d}", f"user-{i:03d}") for i in range(1, users + 1)]
+    for stage in ("generate", "watermark", "encrypt", "publish"):
+        progress.on_stage(stage, users)
+    for phone in phones:
+        signup = Signup(request_id=f"demo-{stamp}-{phone.user_id}", user_id=phone.user_id,
+                        device_public_key=phone.public_key_b64)
+        ports.bus.publish(topics.signup, signup.to_dict())
+    # 2-5. the pipeline runs until the bus is quiet
+    ports.bus.drain()
+
+    # 6. each device fetches, opens and runs its own model on its own held-out data
+    progress.on_stage("device", users)
+    started = time.perf_counter()
+    on_device: dict[str, float] = {}
+    for phone in phones:
+        if phone.user_id in run.ready:
+            tflite = phone.receive(run.ready[phone.user_id], clock())
+            held_out = userdata.for_user(phone.user_id).held_out
+            on_device[phone.user_id] = devices.accuracy(tflite, held_out.x, held_out.y)
+        progress.on_advance("device")
+    run.time("device", started)
+
+    # 7. one decrypted model leaks; the verifier names its user. A model never issued names nobody.
+    progress.on_stage("verify", 2)
+    started = time.perf_counter()
+    leak = _leak(phones, run, workdir, ports)
+    progress.on_advance("verify")
+    never_issued = _never_issued(workdir, ports)
+    progress.on_advance("verify")
+    run.time("verify", started)
+
+    # 8. the clock moves past the TTL; the hourly expiry deletes what was delivered
+    progress.on_stage("expire", 1)
+    delivered_before = sum(1 for _ in ports.delivery.list())
+    clock.advance(settings.model_max_age + timedelta(minutes=1))
+    ports.bus.publish(topics.expire, {"schema_version": 1, "reason": "demo: clock moved past the TTL"})
+    ports.bus.drain()
+    ours = {ready.model_id for ready in run.ready.values()}  # a reused workdir holds earlier runs' records
+    expired_records = [e for e in ports.ledger.entries("expired") if e.valid and e.record["model_id"] in ours]
+
+    issued = {e.record["model_id"]: e.record for e in ports.ledger.entries("issued") if e.valid}
+    return {
+        "workdir": str(workdir),
+        "users": [_user_row(phone, run, issued, on_device) for phone in phones],
+        "leak": leak,
+        "never_issued": never_issued,
+        "expiry": {
+            "delivered_before": delivered_before,
+            "remaining": sum(1 for _ in ports.delivery.list()),
+            "ledger_expired_records": len(expired_records),
+        },
+        "dead_letters": [
+            {"step": m["step"], "reason": m["reason"]}
+            for m in ports.bus.journal(topics.dead_letter)[dead_letters_before:]
+        ],
+        "timings": run.timings,
+    }
+
+
+def _keep_ready(run: _Run, payload: bytes) -> None:
+    ready = Ready.parse(json.loads(payload))
+    run.ready[ready.user_id] = ready
+
+
+def _user_row(phone: devices.Device, run: _Run, issued: dict, on_device: dict) -> dict:
+    ready = run.ready.get(phone.user_id)
+    record = issued.get(ready.model_id, {}) if ready else {}
+    return {
+        "user_id": phone.user_id,
+        "model_id": ready.model_id if ready else None,
+        "accuracy_base": record.get("accuracy_unwatermarked"),
+        "accuracy_watermarked": record.get("accuracy_watermarked"),
+        "accuracy_on_device": on_device.get(phone.user_id),
+        "sealed_sha256": ready.sealed_sha256 if ready else None,
+    }
+
+
+def _leak(phones, run: _Run, workdir: Path, ports) -> dict | None:
+    leaker = next((p for p in phones if p.user_id in run.ready), None)
+    if leaker is None:
+        return None
+    leaked = workdir / "leak" / "leaked.tflite"
+    leaked.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(leaker.folder / "model.tflite", leaked)
+    verdict = verify(leaked.read_bytes(), ports.ledger, ports.kms, ports.models)
+    best = verdict.candidates[0]
+    return {
+        "file": str(leaked),
+        "leaked_user": leaker.user_id,
+        "accused": verdict.accused,
+        "p_value": best.p_value,
+        "score": best.score,
+        "p_threshold": verdict.p_threshold,
+    }
+
+
+def _never_issued(workdir: Path, ports) -> dict:
+    """A model fine-tuned like any other but never watermarked or issued: it must accuse nobody."""
+    from functions import model
+
+    base = model.load_or_train_base(ports.models)
+    tuned = model.fine_tune(base, userdata.for_user(NEVER_ISSUED_USER).train, NEVER_ISSUED_USER)
+    path = workdir / "leak" / "never-issued.tflite"
+    path.write_bytes(model.to_tflite(tuned))
+    verdict = verify(path.read_bytes(), ports.ledger, ports.kms, ports.models)
+    return {"file": str(path), "accused": verdict.accused, "best_p_value": verdict.candidates[0].p_value}
+

@@ -1,0 +1,40 @@
+"""The two kinds of failure a pipeline step can have, as Pub/Sub delivery semantics need them.
+
+A PermanentError will fail again on every retry (bad input, a duplicate request, an unknown key): the
+message goes to the dead-letter topic with the error's text as its reason, and is acknowledged.
+A TransientError may succeed later (storage or KMS unavailable): the delivery fails so Pub/Sub retries.
+Error texts are reasons that end up in dead-letter messages and logs: they never carry keys, URLs or model bytes.
+"""
+
+
+class PermanentError(Exception):
+    """Retrying cannot help; the message is dead-lettered with this error's text as the reason."""
+
+
+class InvalidEvent(PermanentError):
+    """An event failed validation; `field` names the offending field."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"invalid event: field '{field}': {problem}")
+        self.field = field
+        self.problem = problem
+
+
+class DuplicateRequest(PermanentError):
+    """The (user_id, request_id) pair was already turned into a model."""
+
+
+class InvalidDeviceKey(PermanentError):
+    """The device public key is not a usable P-256 or X25519 public key."""
+
+
+class EnvelopeError(PermanentError):
+    """A sealed or staged envelope failed to parse or authenticate."""
+
+
+class ObjectMissing(PermanentError):
+    """An object an event refers to does not exist (already consumed or expired)."""
+
+
+class TransientError(Exception):
+    """A dependency is unavailable; the delivery fails so that it is retried."""

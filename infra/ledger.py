@@ -1,0 +1,74 @@
+"""The append-only, signed ledger of what was issued to whom, and what was deleted when.
+
+One object per (model id, kind), written create-once, so a step that runs twice leaves one record.
+Each record is signed through the KMS port (ECDSA P-256 / SHA-256) over its canonical JSON; a reader
+verifies every signature and reports a record that fails instead of using it.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Iterator
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from infra.ports import BlobStore, Kms
+
+_KIND = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
+
+
+def canonical_json(value: dict) -> bytes:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    name: str
+    record: dict
+    valid: bool
+    problem: str | None = None
+
+
+class Ledger:
+    def __init__(self, store: BlobStore, kms: Kms):
+        self._store = store
+        self._kms = kms
+
+    def append(self, kind: str, model_id: str, fields: dict, at: datetime) -> bool:
+        """Record `fields` about `model_id`; False (and nothing written) when that record exists already."""
+        if not _KIND.match(kind):
+            raise ValueError(f"ledger record kind {kind!r} is not a lowercase identifier")
+        record = {**fields, "kind": kind, "model_id": model_id, "recorded_at": at.isoformat()}
+        body = {
+            "record": record,
+            "signature": base64.b64encode(self._kms.sign(canonical_json(record))).decode(),
+            "signing_key_id": self._kms.signing_key_id,
+        }
+        return self._store.put(f"records/{model_id}/{kind}.json", canonical_json(body), if_absent=True)
+
+    def entries(self, kind: str | None = None) -> Iterator[LedgerEntry]:
+        """Every record (of one kind), each with its signature checked."""
+        public_key = serialization.load_pem_public_key(self._kms.public_key_pem())
+        suffix = f"/{kind}.json" if kind else ".json"
+        for info in self._store.list("records/"):
+            if info.name.endswith(suffix):
+                yield _verified(info.name, self._store.get(info.name), public_key)
+
+
+def _verified(name: str, raw: bytes, public_key: ec.EllipticCurvePublicKey) -> LedgerEntry:
+    try:
+        body = json.loads(raw)
+        record = body["record"]
+        signature = base64.b64decode(body["signature"], validate=True)
+    except (ValueError, KeyError, TypeError):
+        return LedgerEntry(name, {}, False, "not a ledger record")
+    try:
+        public_key.verify(signature, canonical_json(record), ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return LedgerEntry(name, record, False, "signature does not verify")
+    return LedgerEntry(name, record, True)

@@ -1,0 +1,101 @@
+"""Settings, read once from environment variables (the same names locally and in the cloud).
+
+| variable | meaning | default |
+|---|---|---|
+| IML_BACKEND | which adapters to wire: `local` (folders, in-process bus, key file) | local |
+| IML_WORKDIR | root folder of the local adapters | ./iml-work |
+| IML_URL_TTL_MINUTES | lifetime of a download URL (1 to 10080) | 15 |
+| IML_MODEL_MAX_AGE_MINUTES | age after which expire deletes a delivered model | 60 |
+| IML_STAGING_MAX_AGE_MINUTES | age after which expire deletes a leftover staging object | 60 |
+| IML_TOPIC_PREFIX | prefix of every topic name | iml- |
+| IML_WATERMARK_STRENGTH | fingerprint amplitude, relative to each layer's weight spread | 0.04 |
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Mapping
+
+BACKENDS = ("local",)
+MAX_URL_TTL_MINUTES = 7 * 24 * 60  # the V4 signed URL limit
+
+
+class SettingsError(ValueError):
+    """A setting is missing or out of range; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Topic names: one input topic per step, the ready notifications, and the dead letters."""
+
+    signup: str
+    generated: str
+    watermarked: str
+    sealed: str
+    ready: str
+    expire: str
+    dead_letter: str
+
+    @classmethod
+    def with_prefix(cls, prefix: str) -> "Topics":
+        return cls(*(prefix + name for name in
+                     ("signup", "generated", "watermarked", "sealed", "ready", "expire", "dead-letter")))
+
+
+@dataclass(frozen=True)
+class Settings:
+    backend: str = "local"
+    workdir: Path = Path("iml-work")
+    url_ttl: timedelta = timedelta(minutes=15)
+    model_max_age: timedelta = timedelta(minutes=60)
+    staging_max_age: timedelta = timedelta(minutes=60)
+    topic_prefix: str = "iml-"
+    watermark_strength: float = 0.04
+
+    @property
+    def topics(self) -> Topics:
+        return Topics.with_prefix(self.topic_prefix)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Settings":
+        env = os.environ if env is None else env
+        backend = env.get("IML_BACKEND", "local")
+        if backend not in BACKENDS:
+            raise SettingsError(f"IML_BACKEND must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        return cls(
+            backend=backend,
+            workdir=Path(env.get("IML_WORKDIR", "iml-work")),
+            url_ttl=timedelta(minutes=_int(env, "IML_URL_TTL_MINUTES", 15, 1, MAX_URL_TTL_MINUTES)),
+            model_max_age=timedelta(minutes=_int(env, "IML_MODEL_MAX_AGE_MINUTES", 60, 1, 10**6)),
+            staging_max_age=timedelta(minutes=_int(env, "IML_STAGING_MAX_AGE_MINUTES", 60, 1, 10**6)),
+            topic_prefix=env.get("IML_TOPIC_PREFIX", "iml-"),
+            watermark_strength=_float(env, "IML_WATERMARK_STRENGTH", 0.04, 0.0, 1.0),
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not low < value <= high:
+        raise SettingsError(f"{name} must be in ({low}, {high}], got {value}")
+    return value

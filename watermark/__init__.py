@@ -1,0 +1,1 @@
+"""Per-model fingerprints in the weights: derive, embed, read back from a leaked file, and accuse."""
