@@ -111,6 +111,15 @@ def deliver_locally(step: Step, payload: bytes, ports: Ports) -> StepResult:
     return StepResult(step.name, Outcome.DEAD_LETTERED, time.perf_counter() - started, reason=reason)
 
 
+def subscribe_steps(bus, ports: Ports, on_result: Callable[[StepResult], None] = lambda result: None) -> None:
+    """Wire every step to its input topic on an in-process bus, with local delivery semantics."""
+    for step in STEPS.values():
+        def deliver(payload: bytes, step: Step = step) -> None:
+            on_result(deliver_locally(step, payload, ports))
+
+        bus.subscribe(step.input_topic(ports.settings.topics), deliver)
+
+
 def dead_letter(step: str, payload: bytes, reason: str, error_type: str, ports: Ports) -> None:
     message: dict = {
         "schema_version": 1,

@@ -15,7 +15,7 @@ from rich.table import Table
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 EXIT_ACCUSED, EXIT_NOBODY, EXIT_ERROR = 0, 1, 2
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # messages stay on one line for grep and log readers
 
 
 @click.group()
@@ -115,7 +115,7 @@ def _stdout_to_stderr(enabled: bool):
 
 
 def _print_demo(report: dict) -> None:
-    out = Console()
+    out = Console(soft_wrap=True)
     table = Table(title="Individual models, one per user")
     for column in ("user", "model", "acc. unmarked", "acc. marked", "acc. on device", "sealed sha256"):
         table.add_column(column)
@@ -140,7 +140,7 @@ def _print_demo(report: dict) -> None:
 
 
 def _print_verdict(verdict, model_file: Path) -> None:
-    out = Console()
+    out = Console(soft_wrap=True)
     table = Table(title=f"{model_file.name}: best of {verdict.models_ranked} issued models")
     for column in ("user", "model", "score z", "p-value"):
         table.add_column(column)

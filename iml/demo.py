@@ -16,7 +16,7 @@ from typing import Callable
 
 from functions import userdata
 from functions.events import Ready, Signup
-from functions.runner import STEPS, StepResult, deliver_locally
+from functions.runner import StepResult, subscribe_steps
 from iml import device as devices
 from infra.bootstrap import local_ports
 from infra.settings import Settings
@@ -66,14 +66,12 @@ def run_demo(users: int, workdir: Path, progress: Progress = Progress(), setting
     run = _Run()
     dead_letters_before = len(ports.bus.journal(topics.dead_letter))
 
-    for step in STEPS.values():
-        def deliver(payload: bytes, step=step) -> None:
-            result = deliver_locally(step, payload, ports)
-            run.results.append(result)
-            run.timings[step.name] = round(run.timings.get(step.name, 0.0) + result.seconds, 3)
-            progress.on_advance(step.name)
+    def record(result: StepResult) -> None:
+        run.results.append(result)
+        run.timings[result.step] = round(run.timings.get(result.step, 0.0) + result.seconds, 3)
+        progress.on_advance(result.step)
 
-        ports.bus.subscribe(step.input_topic(topics), deliver)
+    subscribe_steps(ports.bus, ports, record)
     ports.bus.subscribe(topics.ready, lambda payload: _keep_ready(run, payload))
 
     # 1. every simulated device makes its key pair and signs up

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import tempfile
 from datetime import datetime, timedelta, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Iterator
 from urllib.parse import parse_qs, urlencode, urlsplit
 from urllib.request import url2pathname
@@ -24,8 +24,8 @@ class LocalBlobStore:
         self._clock = clock
 
     def _path(self, name: str) -> Path:
-        parts = PurePosixPath(name).parts
-        if not name or name.startswith("/") or any(p in ("..", ".") for p in parts) or "\\" in name:
+        parts = name.split("/")
+        if not name or "\\" in name or any(part in ("", ".", "..") for part in parts):
             raise ValueError(f"object name {name!r} is not a safe relative name")
         return self.root.joinpath(*parts)
 

@@ -1,0 +1,3 @@
+from iml.cli import main
+
+main()

@@ -1,0 +1,118 @@
+"""The demo and the verifier as a user runs them: `iml demo --users 2 --json`, then `iml verify`."""
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def iml(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "iml", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> tuple[dict, Path, subprocess.CompletedProcess]:
+    workdir = tmp_path_factory.mktemp("demo")
+    done = iml("demo", "--users", "2", "--workdir", str(workdir), "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout), workdir, done  # stdout is the JSON object and nothing else
+
+
+def test_every_user_runs_their_own_decrypted_model(demo):
+    report, workdir, _ = demo
+    assert [u["user_id"] for u in report["users"]] == ["user-001", "user-002"]
+    assert len({u["model_id"] for u in report["users"]}) == 2
+    for user in report["users"]:
+        assert user["accuracy_on_device"] >= 0.85
+        assert abs(user["accuracy_on_device"] - user["accuracy_watermarked"]) < 0.005  # TFLite == Keras
+        assert abs(user["accuracy_base"] - user["accuracy_watermarked"]) <= 0.02  # the fingerprint's cost
+        folder = workdir / "devices" / user["user_id"]
+        assert stat.S_IMODE((folder / "device.key").stat().st_mode) == 0o600
+        serialization.load_pem_private_key((folder / "device.key").read_bytes(), password=None)
+        assert (folder / "model.tflite").read_bytes()[4:8] == b"TFL3"
+        assert (folder / "device.pub").is_file() and (folder / "model.iml").is_file()
+    assert report["dead_letters"] == []
+    assert set(report["timings"]) >= {"generate", "watermark", "encrypt", "publish", "expire"}
+
+
+def test_the_leaked_model_names_its_user_and_a_model_never_issued_names_nobody(demo):
+    report, _, _ = demo
+    leak = report["leak"]
+    assert leak["accused"] == [leak["leaked_user"]]
+    assert leak["p_value"] <= leak["p_threshold"] <= 1e-9
+    assert report["never_issued"]["accused"] == []
+    assert report["never_issued"]["best_p_value"] > 1e-3
+
+
+def test_delivered_models_expire_and_the_ledger_records_it(demo):
+    report, workdir, _ = demo
+    assert report["expiry"] == {"delivered_before": 2, "remaining": 0, "ledger_expired_records": 2}
+    assert not any((workdir / "buckets" / "delivery").rglob("*.iml"))
+
+
+def test_iml_verify_exit_status_says_the_verdict(demo):
+    report, workdir, _ = demo
+    accused = iml("verify", report["leak"]["file"], "--workdir", str(workdir), "--json")
+    assert accused.returncode == 0, accused.stderr
+    verdict = json.loads(accused.stdout)
+    assert verdict["accused"] == [report["leak"]["leaked_user"]]
+    assert verdict["candidates"][0]["user_id"] == report["leak"]["leaked_user"]
+    assert set(verdict["candidates"][0]) == {"user_id", "model_id", "score", "p_value"}
+
+    nobody = iml("verify", report["never_issued"]["file"], "--workdir", str(workdir), "--json")
+    assert nobody.returncode == 1 and json.loads(nobody.stdout)["accused"] == []
+
+    human = iml("verify", report["leak"]["file"], "--workdir", str(workdir))
+    assert human.returncode == 0 and "Accused: " + report["leak"]["leaked_user"] in human.stdout
+
+
+def test_iml_verify_errors_exit_2_with_a_clear_message(demo, tmp_path):
+    report, workdir, _ = demo
+    junk = tmp_path / "junk.tflite"
+    junk.write_bytes(b"this is no model")
+    not_a_model = iml("verify", str(junk), "--workdir", str(workdir))
+    assert not_a_model.returncode == 2 and "not a readable TFLite model" in not_a_model.stderr
+    truncated = tmp_path / "truncated.tflite"
+    truncated.write_bytes(Path(report["leak"]["file"]).read_bytes()[:4000])
+    assert iml("verify", str(truncated), "--workdir", str(workdir)).returncode == 2
+    no_workdir = iml("verify", report["leak"]["file"], "--workdir", str(tmp_path / "empty"))
+    assert no_workdir.returncode == 2 and "holds no pipeline keys" in no_workdir.stderr
+
+
+def test_a_tampered_ledger_record_is_reported_and_never_used(demo, tmp_path):
+    report, workdir, _ = demo
+    copy = tmp_path / "work"
+    shutil.copytree(workdir, copy)
+    leaked_model = next(u["model_id"] for u in report["users"] if u["user_id"] == report["leak"]["leaked_user"])
+    record_path = copy / "buckets" / "evidence" / "records" / leaked_model / "issued.json"
+    body = json.loads(record_path.read_text())
+    body["record"]["user_id"] = "someone-else"
+    record_path.write_text(json.dumps(body))
+    done = iml("verify", report["leak"]["file"], "--workdir", str(copy), "--json")
+    verdict = json.loads(done.stdout)
+    assert done.returncode == 1 and verdict["accused"] == []
+    assert verdict["excluded_records"] == [f"records/{leaked_model}/issued.json: signature does not verify"]
+
+
+def test_no_secret_reaches_a_log_line(demo):
+    _, workdir, done = demo
+    log_lines = (workdir / "logs" / "pipeline.jsonl").read_text().splitlines()
+    assert log_lines, "the pipeline logs what it does"
+    for line in log_lines:
+        entry = json.loads(line)
+        assert {"severity", "message"} <= set(entry)
+    ready = [json.loads(p.read_text()) for p in (workdir / "topics" / "iml-ready").glob("*.json")]
+    secrets = [r["download_url"] for r in ready] + ["PRIVATE KEY", "expires="]
+    secrets += [(workdir / "kms" / "local-keys.json").read_text().split('"wrap_key": "')[1][:20]]
+    everything = "\n".join(log_lines) + done.stderr
+    for secret in secrets:
+        assert secret not in everything
