@@ -43,7 +43,7 @@ def demo(users: int, workdir: Path, as_json: bool) -> None:
                     TimeElapsedColumn(), console=err, transient=False)
     tasks: dict[str, int] = {}
 
-    def advance(stage: str) -> None:
+    def advance(stage: str, seconds: float) -> None:
         bars.start_task(tasks[stage])  # a stage's clock starts with its first piece of work
         bars.advance(tasks[stage])
 
@@ -116,13 +116,14 @@ def _stdout_to_stderr(enabled: bool):
 
 def _print_demo(report: dict) -> None:
     out = Console(soft_wrap=True)
-    table = Table(title="Individual models, one per user")
-    for column in ("user", "model", "acc. unmarked", "acc. marked", "acc. on device", "sealed sha256"):
-        table.add_column(column)
+    table = Table(title="Individual models, one per user: accuracy on each user's held-out data")
+    table.add_column("user", no_wrap=True)
+    table.add_column("model", no_wrap=True, min_width=34)  # whole: people copy model ids
+    for column in ("unmarked", "marked", "on device"):
+        table.add_column(column, justify="right")
     for row in report["users"]:
         table.add_row(row["user_id"], row["model_id"] or "-", _pct(row["accuracy_base"]),
-                      _pct(row["accuracy_watermarked"]), _pct(row["accuracy_on_device"]),
-                      (row["sealed_sha256"] or "-")[:16] + "…")
+                      _pct(row["accuracy_watermarked"]), _pct(row["accuracy_on_device"]))
     out.print(table)
     leak, never = report["leak"], report["never_issued"]
     if leak:

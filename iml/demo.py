@@ -43,17 +43,19 @@ class Progress:
     """What the demo tells its caller as it goes; the CLI turns it into progress bars."""
 
     on_stage: Callable[[str, int], None] = lambda stage, total: None
-    on_advance: Callable[[str], None] = lambda stage: None
+    on_advance: Callable[[str, float], None] = lambda stage, seconds: None  # one unit of work just took `seconds`
 
 
 @dataclass
 class _Run:
+    progress: Progress
     results: list[StepResult] = field(default_factory=list)
     ready: dict[str, Ready] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
-    def time(self, name: str, started: float) -> None:
-        self.timings[name] = round(self.timings.get(name, 0.0) + time.perf_counter() - started, 3)
+    def done(self, stage: str, seconds: float) -> None:
+        self.timings[stage] = round(self.timings.get(stage, 0.0) + seconds, 3)
+        self.progress.on_advance(stage, seconds)
 
 
 def run_demo(users: int, workdir: Path, progress: Progress = Progress(), settings: Settings | None = None) -> dict:
@@ -63,13 +65,12 @@ def run_demo(users: int, workdir: Path, progress: Progress = Progress(), setting
     clock = MovableClock()
     ports = local_ports(settings, clock)
     topics = settings.topics
-    run = _Run()
+    run = _Run(progress)
     dead_letters_before = len(ports.bus.journal(topics.dead_letter))
 
     def record(result: StepResult) -> None:
         run.results.append(result)
-        run.timings[result.step] = round(run.timings.get(result.step, 0.0) + result.seconds, 3)
-        progress.on_advance(result.step)
+        run.done(result.step, result.seconds)
 
     subscribe_steps(ports.bus, ports, record)
     ports.bus.subscribe(topics.ready, lambda payload: _keep_ready(run, payload))
@@ -88,24 +89,19 @@ def run_demo(users: int, workdir: Path, progress: Progress = Progress(), setting
 
     # 6. each device fetches, opens and runs its own model on its own held-out data
     progress.on_stage("device", users)
-    started = time.perf_counter()
     on_device: dict[str, float] = {}
     for phone in phones:
+        started = time.perf_counter()
         if phone.user_id in run.ready:
             tflite = phone.receive(run.ready[phone.user_id], clock())
             held_out = userdata.for_user(phone.user_id).held_out
             on_device[phone.user_id] = devices.accuracy(tflite, held_out.x, held_out.y)
-        progress.on_advance("device")
-    run.time("device", started)
+        run.done("device", time.perf_counter() - started)
 
     # 7. one decrypted model leaks; the verifier names its user. A model never issued names nobody.
     progress.on_stage("verify", 2)
-    started = time.perf_counter()
     leak = _leak(phones, run, workdir, ports)
-    progress.on_advance("verify")
-    never_issued = _never_issued(workdir, ports)
-    progress.on_advance("verify")
-    run.time("verify", started)
+    never_issued = _never_issued(run, workdir, ports)
 
     # 8. the clock moves past the TTL; the hourly expiry deletes what was delivered
     progress.on_stage("expire", 1)
@@ -160,7 +156,7 @@ def _leak(phones, run: _Run, workdir: Path, ports) -> dict | None:
     leaked = workdir / "leak" / "leaked.tflite"
     leaked.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(leaker.folder / "model.tflite", leaked)
-    verdict = verify(leaked.read_bytes(), ports.ledger, ports.kms, ports.models)
+    verdict = _timed_verify(run, leaked, ports)
     best = verdict.candidates[0]
     return {
         "file": str(leaked),
@@ -172,7 +168,7 @@ def _leak(phones, run: _Run, workdir: Path, ports) -> dict | None:
     }
 
 
-def _never_issued(workdir: Path, ports) -> dict:
+def _never_issued(run: _Run, workdir: Path, ports) -> dict:
     """A model fine-tuned like any other but never watermarked or issued: it must accuse nobody."""
     from functions import model
 
@@ -180,6 +176,13 @@ def _never_issued(workdir: Path, ports) -> dict:
     tuned = model.fine_tune(base, userdata.for_user(NEVER_ISSUED_USER).train, NEVER_ISSUED_USER)
     path = workdir / "leak" / "never-issued.tflite"
     path.write_bytes(model.to_tflite(tuned))
-    verdict = verify(path.read_bytes(), ports.ledger, ports.kms, ports.models)
+    verdict = _timed_verify(run, path, ports)
     return {"file": str(path), "accused": verdict.accused, "best_p_value": verdict.candidates[0].p_value}
+
+
+def _timed_verify(run: _Run, path: Path, ports):
+    started = time.perf_counter()
+    verdict = verify(path.read_bytes(), ports.ledger, ports.kms, ports.models)
+    run.done("verify", time.perf_counter() - started)
+    return verdict
 
