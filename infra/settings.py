@@ -76,26 +76,24 @@ class Settings:
 
 
 def _int(env: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
-    raw = env.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a whole number, got {raw!r}") from None
+    value = _number(env, name, default, int, "a whole number")
     if not low <= value <= high:
         raise SettingsError(f"{name} must be between {low} and {high}, got {value}")
     return value
 
 
 def _float(env: Mapping[str, str], name: str, default: float, low: float, high: float) -> float:
+    value = _number(env, name, default, float, "a number")
+    if not low < value <= high:
+        raise SettingsError(f"{name} must be in ({low}, {high}], got {value}")
+    return value
+
+
+def _number(env: Mapping[str, str], name: str, default, parse, kind: str):
     raw = env.get(name)
     if raw is None:
         return default
     try:
-        value = float(raw)
+        return parse(raw)
     except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if not low < value <= high:
-        raise SettingsError(f"{name} must be in ({low}, {high}], got {value}")
-    return value
+        raise SettingsError(f"{name} must be {kind}, got {raw!r}") from None

@@ -30,6 +30,15 @@ def make_signup(user_id: str, request_id: str = "req-1", key: ec.EllipticCurvePr
     return Signup(request_id=request_id, user_id=user_id, device_public_key=public_key_b64(key))
 
 
+def model_step_event(signup: Signup, artifact: str) -> dict:
+    """An internal model-step event for `signup`'s model, as the previous step would publish it."""
+    return {
+        "schema_version": 1, "request_id": signup.request_id, "user_id": signup.user_id,
+        "model_id": signup.model_id, "device_public_key": signup.device_public_key,
+        "base_model_version": "digits-mlp-v1", "artifact": artifact, "facts": {},
+    }
+
+
 @pytest.fixture
 def clock() -> MovableClock:
     return MovableClock()

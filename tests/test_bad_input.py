@@ -9,7 +9,7 @@ import pytest
 
 from functions.events import Signup, model_id_for
 from functions.runner import LOCAL_MAX_DELIVERY_ATTEMPTS, STEPS, Outcome, deliver_locally, run_step
-from tests.conftest import make_signup
+from tests.conftest import make_signup, model_step_event
 
 GOOD = make_signup("alice").to_dict()
 
@@ -58,12 +58,7 @@ def test_bytes_that_are_not_json_are_kept_in_the_dead_letter(ports):
 
 
 def test_an_internal_event_pointing_at_nothing_is_dead_lettered(ports):
-    signup = make_signup("alice")
-    event = {
-        "schema_version": 1, "request_id": "r", "user_id": "alice", "model_id": signup.model_id,
-        "device_public_key": signup.device_public_key, "base_model_version": "digits-mlp-v1",
-        "artifact": "watermarked/gone.tflite", "facts": {},
-    }
+    event = model_step_event(make_signup("alice"), "watermarked/gone.tflite")
     result = run_step(STEPS["encrypt"], json.dumps(event).encode(), ports)
     assert result.outcome is Outcome.DEAD_LETTERED
     assert "no object 'watermarked/gone.tflite'" in _dead_letters(ports)[0]["reason"]
@@ -72,13 +67,8 @@ def test_an_internal_event_pointing_at_nothing_is_dead_lettered(ports):
 def test_a_failing_dependency_is_retried_a_bounded_number_of_times(ports):
     """Storage that cannot be read (here: a folder where the staged object should be) is not the message's
     fault, so it is retried; after the subscription's attempts it goes to the dead letters, not forever."""
-    signup = make_signup("alice")
     (ports.staging.root / "watermarked" / "m.tflite").mkdir(parents=True)
-    event = {
-        "schema_version": 1, "request_id": "r", "user_id": "alice", "model_id": signup.model_id,
-        "device_public_key": signup.device_public_key, "base_model_version": "digits-mlp-v1",
-        "artifact": "watermarked/m.tflite", "facts": {},
-    }
+    event = model_step_event(make_signup("alice"), "watermarked/m.tflite")
     result = deliver_locally(STEPS["encrypt"], json.dumps(event).encode(), ports)
     assert result.outcome is Outcome.DEAD_LETTERED
     (dead,) = _dead_letters(ports)

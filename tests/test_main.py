@@ -14,7 +14,7 @@ from functions_framework import create_app
 from infra.bootstrap import local_ports
 from infra.settings import Settings
 from infra.staging import put_staged
-from tests.conftest import make_signup
+from tests.conftest import make_signup, model_step_event
 
 MAIN = str(Path(__file__).resolve().parents[1] / "functions" / "main.py")
 
@@ -43,9 +43,7 @@ def _watermarked_event(workdir: Path) -> dict:
     signup = make_signup("alice")
     artifact = f"watermarked/{signup.model_id}.tflite"
     put_staged(ports.staging, ports.kms, artifact, b"TFL3 stand-in model bytes")
-    return {"schema_version": 1, "request_id": signup.request_id, "user_id": "alice",
-            "model_id": signup.model_id, "device_public_key": signup.device_public_key,
-            "base_model_version": "digits-mlp-v1", "artifact": artifact, "facts": {}}
+    return model_step_event(signup, artifact)
 
 
 def test_encrypt_through_a_push_request(workdir, capfd):
@@ -113,15 +111,13 @@ from functions.runner import STEPS, Outcome, run_step
 from infra.bootstrap import local_ports
 from infra.settings import Settings
 from infra.staging import put_staged
-from tests.conftest import make_signup
+from tests.conftest import make_signup, model_step_event
 
 ports = local_ports(Settings(workdir=Path(sys.argv[1])))
 signup = make_signup("alice")
 artifact = f"watermarked/{signup.model_id}.tflite"
 put_staged(ports.staging, ports.kms, artifact, b"model")
-event = {"schema_version": 1, "request_id": "r", "user_id": "alice", "model_id": signup.model_id,
-         "device_public_key": signup.device_public_key, "base_model_version": "digits-mlp-v1",
-         "artifact": artifact, "facts": {}}
+event = model_step_event(signup, artifact)
 outcomes = [run_step(STEPS["encrypt"], json.dumps(event).encode(), ports).outcome]
 (sealed,) = ports.bus.journal(ports.settings.topics.sealed)
 outcomes.append(run_step(STEPS["publish"], json.dumps(sealed).encode(), ports).outcome)
