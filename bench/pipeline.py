@@ -65,7 +65,7 @@ def main() -> None:
     rows = []
 
     _, s, e = timed(lambda: __import__("functions.model"))
-    rows.append(("import tensorflow (functions.model)", 1, e - s, e - s, sampler.peak(s, e)))
+    rows.append(("import tensorflow (functions.model)", 1, e - s, e - s, [(s, e)]))
     from functions import model, userdata
     from iml.demo import Progress, run_demo
     from infra import logs
@@ -73,7 +73,7 @@ def main() -> None:
 
     store = LocalBlobStore(workdir / "buckets" / "models")
     _, s, e = timed(lambda: model.load_or_train_base(store))
-    rows.append(("base model, trained once", 1, e - s, e - s, sampler.peak(s, e)))
+    rows.append(("base model, trained once", 1, e - s, e - s, [(s, e)]))
 
     windows: dict[str, list[tuple[float, float]]] = defaultdict(list)
     logs.configure(open(os.devnull, "w"))
@@ -82,8 +82,7 @@ def main() -> None:
     report = run_demo(args.users, workdir, hooks)
     for stage, spans in windows.items():
         durations = [end - start for start, end in spans]
-        peak = max(sampler.peak(start, end) for start, end in spans)
-        rows.append((stage, len(spans), sum(durations), statistics.mean(durations), peak))
+        rows.append((stage, len(spans), sum(durations), statistics.mean(durations), spans))
 
     # references, same process, same run
     from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -93,7 +92,7 @@ def main() -> None:
     repeats = 200
     _, s, e = timed(lambda: [aes.encrypt(os.urandom(12), tflite, None) for _ in range(repeats)])
     rows.append((f"reference: raw AES-256-GCM of one {len(tflite) // 1024} KiB model", repeats, e - s,
-                 (e - s) / repeats, sampler.peak(s, e)))
+                 (e - s) / repeats, [(s, e)]))
     from watermark.codeword import expand
     from watermark.embed import codeword_length, embed
 
@@ -102,17 +101,18 @@ def main() -> None:
     repeats = 100
     _, s, e = timed(lambda: [embed(kernels, kernels, expand(os.urandom(32), codeword_length(kernels)), 0.04)
                              for _ in range(repeats)])
-    rows.append(("fingerprint embedding alone (codeword + add)", repeats, e - s, (e - s) / repeats,
-                 sampler.peak(s, e)))
+    rows.append(("fingerprint embedding alone (codeword + add)", repeats, e - s, (e - s) / repeats, [(s, e)]))
     data = userdata.for_user("bench-reference").train
     _, s, e = timed(lambda: model.fine_tune(base, data, "bench-reference"))
-    rows.append(("reference: bare Keras fine-tune, same epochs", 1, e - s, e - s, sampler.peak(s, e)))
+    rows.append(("reference: bare Keras fine-tune, same epochs", 1, e - s, e - s, [(s, e)]))
+    time.sleep(0.05)  # the sample after the last window
     sampler.running = False
 
     table = Table(title=f"iml demo, {args.users} users, {os.cpu_count()} cores")
     for column in ("step", "runs", "total s", "mean ms", "peak RSS MiB"):
         table.add_column(column, justify="right" if column != "step" else "left")
-    for name, runs, total, mean, peak in rows:
+    for name, runs, total, mean, spans in rows:
+        peak = max(sampler.peak(start, end) for start, end in spans)
         table.add_row(name, str(runs), f"{total:.3f}", f"{1000 * mean:.3f}", f"{peak / 2**20:.0f}")
     Console(width=110).print(table)
     leak = report["leak"]
