@@ -10,7 +10,7 @@ from datetime import datetime
 
 from functions import base_model, userdata
 from functions.events import ExpireTick, ModelEvent, Ready, Signup, decode_device_key
-from infra.envelope import seal
+from infra.envelope import public_key_bytes, seal_bytes
 from infra.errors import ObjectMissing
 from infra.logs import get_logger
 from infra.ports import BlobStore, Ports
@@ -67,12 +67,14 @@ def watermark(event: ModelEvent, ports: Ports) -> ModelEvent:
 def encrypt(event: ModelEvent, ports: Ports) -> ModelEvent:
     tflite = get_staged(ports.staging, ports.kms, event.artifact)
     name = f"{event.model_id}.iml"
-    sealed = seal(
+    device_key = decode_device_key(event.device_public_key)
+    sealed = seal_bytes(
         tflite,
-        decode_device_key(event.device_public_key),
+        device_key,
         user_id=event.user_id,
         model_id=event.model_id,
         created_at=ports.clock(),
+        plaintext_sha256=event.facts.get("plaintext_sha256"),  # checked while sealing
     )
     if not ports.delivery.put(name, sealed, if_absent=True):
         sealed = ports.delivery.get(name)  # an earlier attempt delivered it: that copy is the issued one
@@ -84,7 +86,7 @@ def encrypt(event: ModelEvent, ports: Ports) -> ModelEvent:
             "user_id": event.user_id,
             "request_id": event.request_id,
             "base_model_version": event.base_model_version,
-            "device_key_sha256": hashlib.sha256(event.device_public_key.encode()).hexdigest(),
+            "device_key_sha256": hashlib.sha256(public_key_bytes(device_key)).hexdigest(),
             "sealed_sha256": sealed_sha256,
             "delivery_object": name,
             **event.facts,

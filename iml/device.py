@@ -50,12 +50,12 @@ class Device:
 
     def receive(self, ready: Ready, now: datetime) -> bytes:
         """Download the sealed model through its URL, open it, keep both; the decrypted TFLite bytes."""
-        sealed = fetch_local_url(ready.download_url, now)
-        (self.folder / "model.iml").write_bytes(sealed)
-        _, tflite = open_sealed(sealed, self.private_key, expected_user_id=self.user_id,
-                                expected_model_id=ready.model_id)
-        (self.folder / "model.tflite").write_bytes(tflite)
-        return tflite
+        sealed = self.folder / "model.iml"
+        sealed.write_bytes(fetch_local_url(ready.download_url, now))
+        opened = self.folder / "model.tflite"
+        open_sealed(sealed, opened, self.private_key, expected_user_id=self.user_id,
+                    expected_model_id=ready.model_id)
+        return opened.read_bytes()
 
 
 def predict(tflite: bytes, x: np.ndarray) -> np.ndarray:

@@ -11,7 +11,7 @@ from functions import userdata
 from functions.events import Ready
 from functions.runner import STEPS, Outcome, run_step
 from iml import device as devices
-from infra.envelope import open_sealed
+from infra.envelope import open_sealed_bytes
 from infra.local_storage import UrlExpired, fetch_local_url
 from infra.staging import MAGIC as STAGING_MAGIC
 from tests.conftest import make_signup
@@ -40,7 +40,7 @@ def test_a_signup_becomes_a_sealed_fingerprinted_model_for_that_device(trained_p
     assert [r.outcome for r in trained_wired] == [Outcome.DONE] * 4
     (ready,) = _ready(ports)
     sealed = fetch_local_url(ready.download_url, ports.clock())
-    header, tflite = open_sealed(sealed, key, expected_user_id="alice", expected_model_id=ready.model_id)
+    header, tflite = open_sealed_bytes(sealed, key, expected_user_id="alice", expected_model_id=ready.model_id)
     held_out = userdata.for_user("alice").held_out
     assert devices.accuracy(tflite, held_out.x, held_out.y) > 0.85
 
@@ -76,7 +76,7 @@ def test_poison_events_do_not_stop_the_other_users(trained_ports, trained_wired)
     assert len(reasons) == 2
     assert "field 'device_public_key': is required" in reasons[0]
     assert "field 'user_id': must match" in reasons[1]
-    assert open_sealed(ports.delivery.get(f"{_ready(ports)[0].model_id}.iml"), key)[1]
+    assert open_sealed_bytes(ports.delivery.get(f"{_ready(ports)[0].model_id}.iml"), key)[1]
 
 
 def test_a_duplicate_signup_makes_no_second_model(trained_ports, trained_wired):
