@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from infra import envelope
 from infra.envelope import (
-    DigestMismatch, EnvelopeError, TrailingData, XWingPrivateKey, load_device_public_key, open_sealed,
+    DigestMismatch, EnvelopeError, TrailingData, Truncated, XWingPrivateKey, load_device_public_key, open_sealed,
     open_sealed_bytes, public_key_of, seal, seal_bytes,
 )
 from infra.errors import InvalidDeviceKey
@@ -100,23 +100,37 @@ def test_every_seal_is_fresh():
     assert first != second
 
 
-def test_a_wrong_known_digest_stops_the_seal_and_leaves_nothing(tmp_path):
-    source = tmp_path / "model.tflite"
-    source.write_bytes(b"x" * 10_000)
+def test_a_false_declared_digest_is_caught_by_a_verifying_reader():
+    key = new_key("p256")
+    sealed = seal_bytes(b"model" * 1000, key.public_key(), user_id="u", model_id="m", created_at=CREATED_AT,
+                        plaintext_sha256="00" * 32)
     with pytest.raises(DigestMismatch):
-        seal(source, tmp_path / "model.iml", new_key("p256").public_key(), user_id="u", model_id="m",
-             created_at=CREATED_AT, plaintext_sha256="00" * 32, chunk_size=4096)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.tflite"]
+        open_sealed_bytes(sealed, key)
+    assert open_sealed_bytes(sealed, key, verify_digest=False)[1] == b"model" * 1000
+
+
+class Resized(io.BytesIO):
+    """A seekable source whose reported size is off by `delta` from what it yields."""
+
+    def __init__(self, data: bytes, delta: int):
+        super().__init__(data)
+        self.delta = delta
+
+    def seek(self, *args):
+        position = super().seek(*args)
+        return position + self.delta if args[1:] == (2,) else position
+
+
+def test_a_source_shorter_than_it_says_leaves_no_output(tmp_path):
+    with pytest.raises(Truncated):
+        seal(Resized(b"z" * 5000, +10), tmp_path / "model.iml", new_key("p256").public_key(), user_id="u",
+             model_id="m", created_at=CREATED_AT)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_a_source_that_grows_while_sealed_is_refused():
-    class Growing(io.BytesIO):
-        def seek(self, *args):  # reports its size, then yields more bytes than that
-            position = super().seek(*args)
-            return position - 1 if args[1:] == (2,) else position
-
     with pytest.raises(TrailingData):
-        seal(Growing(b"y" * 5000), io.BytesIO(), new_key("p256").public_key(), user_id="u", model_id="m",
+        seal(Resized(b"y" * 5000, -1), io.BytesIO(), new_key("p256").public_key(), user_id="u", model_id="m",
              created_at=CREATED_AT)
 
 
