@@ -91,6 +91,76 @@ def verify_command(model_file: Path, workdir: Path, alpha: float, as_json: bool)
     sys.exit(EXIT_ACCUSED if verdict.accused else EXIT_NOBODY)
 
 
+@main.group()
+def device() -> None:
+    """The device reference client: make a device key pair, open a sealed model (docs/client-guide.md)."""
+
+
+@device.command("keygen")
+@click.option("--out", "folder", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for device.key (mode 0600) and device.pub.")
+@click.option("--suite", type=click.Choice(["p256", "x25519", "xwing"]), default="p256", show_default=True,
+              help="P-256 (CryptoKit, Tink, Secure Enclave), X25519, or X-Wing (post-quantum hybrid).")
+def device_keygen(folder: Path, suite: str) -> None:
+    """Make a device key pair; device.pub holds the base64 public key a signup sends."""
+    from iml.device import generate_key, write_key_files
+
+    write_key_files(folder, generate_key(suite))
+    click.echo(f"wrote {folder / 'device.key'} (private, 0600) and {folder / 'device.pub'}")
+
+
+@device.command("open")
+@click.argument("sealed", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--key", "key_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="The device's private key file (device.key).")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where the model goes; it appears only once the whole envelope verified.")
+@click.option("--user-id", help="Refuse an envelope issued to another user.")
+@click.option("--model-id", help="Refuse an envelope holding another model.")
+def device_open(sealed: Path, key_file: Path, out: Path, user_id: str | None, model_id: str | None) -> None:
+    """Open a sealed model with the device's private key. Exit 0: opened; 2: refused (the reason is printed)."""
+    from infra.envelope import open_sealed
+    from infra.errors import PermanentError
+    from iml.device import load_private_key
+
+    try:
+        header = open_sealed(sealed, out, load_private_key(key_file), expected_user_id=user_id,
+                             expected_model_id=model_id)
+    except PermanentError as error:
+        _fail(f"{type(error).__name__}: {error}")
+    click.echo(f"opened {header.model_id} for {header.user_id}: {header.plaintext_size} bytes, "
+               f"sha256 {header.plaintext_sha256} -> {out}")
+
+
+@main.command("seal")
+@click.argument("model", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--device-pub", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="The device's public key file: base64, as in device.pub.")
+@click.option("--user-id", required=True)
+@click.option("--model-id", required=True)
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True)
+@click.option("--chunk-kib", type=click.IntRange(4, 16384), default=256, show_default=True,
+              help="Chunk size in KiB, a power of two.")
+def seal_command(model: Path, device_pub: Path, user_id: str, model_id: str, out: Path, chunk_kib: int) -> None:
+    """Seal MODEL for one device (operators; the pipeline seals on its own). Exit 0: sealed; 2: refused."""
+    import base64
+    import binascii
+    from datetime import datetime, timezone
+
+    from infra.envelope import load_device_public_key, seal
+    from infra.errors import PermanentError
+
+    try:
+        raw = base64.b64decode(device_pub.read_text().strip(), validate=True)
+        header = seal(model, out, load_device_public_key(raw), user_id=user_id, model_id=model_id,
+                      created_at=datetime.now(timezone.utc), chunk_size=chunk_kib << 10)
+    except (binascii.Error, UnicodeDecodeError):
+        _fail(f"{device_pub} is not a base64 public key (device.pub)")
+    except (PermanentError, ValueError) as error:
+        _fail(str(error))
+    click.echo(f"sealed {header.plaintext_size} bytes for {user_id} ({header.chunk_count} chunks) -> {out}")
+
+
 def _fail(message: str) -> None:
     err.print(f"[bold red]error:[/] {message}")
     sys.exit(EXIT_ERROR)

@@ -1,52 +1,87 @@
-"""A simulated phone: its own P-256 key pair, the download of its sealed model, opening it, running it.
+"""The device side: its key files, and a simulated phone that downloads, opens and runs its model.
 
-Its folder holds `device.key` (PKCS#8 PEM, mode 0600), `device.pub` (the base64 SEC1 point it signs up
-with), the sealed download `model.iml` and the decrypted `model.tflite`.
+A device folder holds `device.key` (mode 0600: PKCS#8 PEM for P-256 and X25519, the 32-byte seed in a PEM
+block for X-Wing), `device.pub` (the base64 public key it signs up with), and once it has downloaded and
+opened its model, `model.iml` and `model.tflite`.
 """
 from __future__ import annotations
 
 import base64
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
 from functions.events import Ready
-from infra.envelope import open_sealed
+from infra.envelope import DevicePrivateKey, XWingPrivateKey, open_sealed, public_key_bytes, public_key_of
+from infra.errors import InvalidDeviceKey
 from infra.local_storage import fetch_local_url
+
+SUITES = ("p256", "x25519", "xwing")
+XWING_PEM = "XWING PRIVATE KEY SEED"
+
+
+def generate_key(suite: str = "p256") -> DevicePrivateKey:
+    return {"p256": lambda: ec.generate_private_key(ec.SECP256R1()), "x25519": x25519.X25519PrivateKey.generate,
+            "xwing": XWingPrivateKey.generate}[suite]()
+
+
+def public_key_b64(key: DevicePrivateKey) -> str:
+    """The public key as a signup event carries it."""
+    return base64.b64encode(public_key_bytes(public_key_of(key))).decode()
+
+
+def write_key_files(folder: Path, key: DevicePrivateKey) -> None:
+    """`device.key` (created 0600, replacing any old one) and `device.pub`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(key, XWingPrivateKey):
+        body = base64.encodebytes(key.seed).decode()
+        pem = f"-----BEGIN {XWING_PEM}-----\n{body}-----END {XWING_PEM}-----\n".encode()
+    else:
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption())
+    key_path = folder / "device.key"
+    key_path.unlink(missing_ok=True)
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+    (folder / "device.pub").write_text(public_key_b64(key) + "\n")
+
+
+def load_private_key(path: Path) -> DevicePrivateKey:
+    text = path.read_bytes()
+    xwing = re.search(rf"-----BEGIN {XWING_PEM}-----(.+?)-----END {XWING_PEM}-----".encode(), text, re.DOTALL)
+    if xwing:
+        return XWingPrivateKey(base64.b64decode(b"".join(xwing.group(1).split())))
+    try:
+        key = serialization.load_pem_private_key(text, password=None)
+    except (ValueError, TypeError):
+        raise InvalidDeviceKey(f"{path} is not a PKCS#8 PEM private key or an X-Wing seed") from None
+    if not isinstance(key, (ec.EllipticCurvePrivateKey, x25519.X25519PrivateKey)):
+        raise InvalidDeviceKey(f"{path} holds a {type(key).__name__}; devices use P-256, X25519 or X-Wing")
+    return key
 
 
 @dataclass
 class Device:
     user_id: str
     folder: Path
-    private_key: ec.EllipticCurvePrivateKey
+    private_key: DevicePrivateKey
 
     @classmethod
-    def create(cls, folder: Path, user_id: str) -> "Device":
-        folder.mkdir(parents=True, exist_ok=True)
-        key = ec.generate_private_key(ec.SECP256R1())
-        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption())
-        key_path = folder / "device.key"
-        key_path.unlink(missing_ok=True)
-        fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-        device = cls(user_id, folder, key)
-        (folder / "device.pub").write_text(device.public_key_b64 + "\n")
-        return device
+    def create(cls, folder: Path, user_id: str, suite: str = "p256") -> "Device":
+        key = generate_key(suite)
+        write_key_files(folder, key)
+        return cls(user_id, folder, key)
 
     @property
     def public_key_b64(self) -> str:
-        raw = self.private_key.public_key().public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-        )
-        return base64.b64encode(raw).decode()
+        return public_key_b64(self.private_key)
 
     def receive(self, ready: Ready, now: datetime) -> bytes:
         """Download the sealed model through its URL, open it, keep both; the decrypted TFLite bytes."""
