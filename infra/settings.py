@@ -9,6 +9,11 @@
 | IML_STAGING_MAX_AGE_MINUTES | age after which expire deletes a leftover staging object | 60 |
 | IML_TOPIC_PREFIX | prefix of every topic name | iml- |
 | IML_WATERMARK_STRENGTH | fingerprint amplitude, relative to each layer's weight spread | 0.04 |
+| IML_KMS | `local` (a key file under the workdir) or `cloud` (Cloud KMS) | local |
+| IML_KMS_WRAP_KEY | with `cloud`: the symmetric key that wraps staging data keys (…/cryptoKeys/NAME) | |
+| IML_KMS_SIGNING_KEY_VERSION | with `cloud`: the EC_SIGN_P256_SHA256 key version signing the ledger | |
+| IML_KMS_FINGERPRINT_KEY_VERSION | with `cloud`: the HMAC_SHA256 key version behind the fingerprints | |
+| IML_KMS_ENDPOINT | with `cloud`: host:port of a local stand-in instead of Google's endpoint | |
 """
 from __future__ import annotations
 
@@ -19,6 +24,8 @@ from pathlib import Path
 from typing import Mapping
 
 BACKENDS = ("local",)
+KMS_KINDS = ("local", "cloud")
+CLOUD_KMS_KEYS = ("IML_KMS_WRAP_KEY", "IML_KMS_SIGNING_KEY_VERSION", "IML_KMS_FINGERPRINT_KEY_VERSION")
 MAX_URL_TTL_MINUTES = 7 * 24 * 60  # the V4 signed URL limit
 
 
@@ -53,6 +60,9 @@ class Settings:
     staging_max_age: timedelta = timedelta(minutes=60)
     topic_prefix: str = "iml-"
     watermark_strength: float = 0.04
+    kms: str = "local"
+    cloud_kms_keys: tuple[str, str, str] | None = None  # wrap key, signing key version, fingerprint key version
+    kms_endpoint: str | None = None
 
     @property
     def topics(self) -> Topics:
@@ -64,7 +74,19 @@ class Settings:
         backend = env.get("IML_BACKEND", "local")
         if backend not in BACKENDS:
             raise SettingsError(f"IML_BACKEND must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        kms = env.get("IML_KMS", "local")
+        if kms not in KMS_KINDS:
+            raise SettingsError(f"IML_KMS must be one of {', '.join(KMS_KINDS)}, got {kms!r}")
+        cloud_kms_keys = None
+        if kms == "cloud":
+            missing = [name for name in CLOUD_KMS_KEYS if not env.get(name)]
+            if missing:
+                raise SettingsError(f"IML_KMS=cloud needs {', '.join(missing)}")
+            cloud_kms_keys = tuple(env[name] for name in CLOUD_KMS_KEYS)
         return cls(
+            kms=kms,
+            cloud_kms_keys=cloud_kms_keys,
+            kms_endpoint=env.get("IML_KMS_ENDPOINT") or None,
             backend=backend,
             workdir=Path(env.get("IML_WORKDIR", "iml-work")),
             url_ttl=timedelta(minutes=_int(env, "IML_URL_TTL_MINUTES", 15, 1, MAX_URL_TTL_MINUTES)),
