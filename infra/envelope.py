@@ -111,6 +111,7 @@ class XWingPrivateKey:
     SEED_SIZE = 32
 
     def __init__(self, seed: bytes):
+        _require_xwing()
         if len(seed) != self.SEED_SIZE:
             raise InvalidDeviceKey("an X-Wing private key is a 32-byte seed")
         self.seed = bytes(seed)
@@ -157,8 +158,16 @@ class Suite:
 
 P256 = Suite("DHKEM(P-256, HKDF-SHA256)", hpke.KEM.P256, 0x0010)
 X25519 = Suite("DHKEM(X25519, HKDF-SHA256)", hpke.KEM.X25519, 0x0020)
-XWING = Suite("MLKEM768-X25519 (X-Wing)", hpke.KEM.MLKEM768_X25519, 0x647A)
+# X-Wing needs a backend with ML-KEM (cryptography 48+ on a recent OpenSSL); without it, a clear error, not a crash
+_XWING_KEM = getattr(hpke.KEM, "MLKEM768_X25519", None)
+XWING = Suite("MLKEM768-X25519 (X-Wing)", _XWING_KEM, 0x647A)
 SUITES_BY_KEM_ID = {suite.kem_id: suite for suite in (P256, X25519, XWING)}
+
+
+def _require_xwing() -> None:
+    if _XWING_KEM is None or not hasattr(hpke, "MLKEM768X25519PrivateKey"):
+        raise InvalidDeviceKey("X-Wing keys need a cryptography build with ML-KEM (cryptography 48+ on OpenSSL "
+                               "3.5+); this one has none: use a P-256 or X25519 device key")
 
 
 def load_device_public_key(raw: bytes) -> DevicePublicKey:
@@ -176,6 +185,7 @@ def load_device_public_key(raw: bytes) -> DevicePublicKey:
             raise InvalidDeviceKey("device_public_key is a low-order X25519 point") from None
         return key
     if len(raw) == 1216:
+        _require_xwing()
         key = XWingPublicKey(bytes(raw))
         try:
             key.hpke_key()

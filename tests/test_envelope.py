@@ -243,3 +243,11 @@ def test_an_xwing_key_is_its_seed():
     assert XWingPrivateKey(key.seed).public_bytes() == key.public_bytes()
     with pytest.raises(InvalidDeviceKey):
         XWingPrivateKey(b"short")
+
+
+def test_without_ml_kem_an_xwing_key_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(envelope, "_XWING_KEM", None)
+    with pytest.raises(InvalidDeviceKey, match="need a cryptography build with ML-KEM"):
+        load_device_public_key(bytes(1216))
+    with pytest.raises(InvalidDeviceKey, match="need a cryptography build with ML-KEM"):
+        XWingPrivateKey.generate()
