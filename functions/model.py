@@ -21,9 +21,9 @@ from infra.ports import BlobStore  # noqa: E402
 HIDDEN_UNITS = (128, 32)
 
 
-def build() -> keras.Model:
+def build(hidden_units: tuple[int, ...] = HIDDEN_UNITS) -> keras.Model:
     layers = [keras.Input((FEATURES,))]
-    layers += [keras.layers.Dense(units, activation="relu") for units in HIDDEN_UNITS]
+    layers += [keras.layers.Dense(units, activation="relu") for units in hidden_units]
     layers.append(keras.layers.Dense(CLASSES, activation="softmax"))
     return keras.Sequential(layers)
 

@@ -60,18 +60,20 @@ def demo(users: int, workdir: Path, as_json: bool) -> None:
 
 
 @main.command("verify")
-@click.argument("model_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("model_file", type=click.Path(exists=True, path_type=Path))
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="The workdir of the pipeline that issued the models (its ledger, keys and base model).")
 @click.option("--alpha", type=click.FloatRange(1e-300, 0.5), default=1e-9, show_default=True,
               help="Bound on the probability of accusing any innocent user.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 def verify_command(model_file: Path, workdir: Path, alpha: float, as_json: bool) -> None:
-    """Name the user a leaked MODEL_FILE was issued to. Exit 0: someone accused; 1: nobody; 2: error."""
+    """Name the user a leaked MODEL_FILE (.tflite in any quantization, .keras, or a SavedModel folder) was issued
+    to. Exit 0: someone accused; 1: nobody; 2: error."""
     from infra.bootstrap import local_ports
     from infra.errors import ObjectMissing
     from infra.settings import Settings
-    from watermark.verify import NoLedger, UnreadableModel, verify
+    from watermark.reader import read_model
+    from watermark.verify import IncompatibleModel, NoLedger, UnreadableModel, verify
 
     if not (workdir / "kms" / "local-keys.json").is_file():
         _fail(f"{workdir} holds no pipeline keys: point --workdir at the folder `iml demo` used")
@@ -80,9 +82,9 @@ def verify_command(model_file: Path, workdir: Path, alpha: float, as_json: bool)
                   transient=True, disable=as_json) as bars:
         task = bars.add_task("rank", total=None)
         try:
-            verdict = verify(model_file.read_bytes(), ports.ledger, ports.kms, ports.models, alpha=alpha,
-                             progress=lambda done, total: bars.update(task, completed=done, total=total))
-        except (UnreadableModel, NoLedger, ObjectMissing) as error:
+            verdict = verify(read_model(model_file), _sha256_of(model_file), ports.ledger, ports.kms, ports.models,
+                             alpha=alpha, progress=lambda done, total: bars.update(task, completed=done, total=total))
+        except (UnreadableModel, IncompatibleModel, NoLedger, ObjectMissing) as error:
             _fail(str(error))
     if as_json:
         click.echo(json.dumps(verdict.to_dict(), indent=2))
@@ -159,6 +161,17 @@ def seal_command(model: Path, device_pub: Path, user_id: str, model_id: str, out
     except (PermanentError, ValueError) as error:
         _fail(str(error))
     click.echo(f"sealed {header.plaintext_size} bytes for {user_id} ({header.chunk_count} chunks) -> {out}")
+
+
+def _sha256_of(path: Path) -> str:
+    import hashlib
+
+    if path.is_dir():  # a SavedModel: the digest of its files, in name order
+        digest = hashlib.sha256()
+        for part in sorted(p for p in path.rglob("*") if p.is_file()):
+            digest.update(part.relative_to(path).as_posix().encode() + b"\0" + part.read_bytes())
+        return digest.hexdigest()
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _fail(message: str) -> None:

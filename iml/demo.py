@@ -6,6 +6,7 @@ accuses nobody; the clock moves past the TTL and expire deletes what was deliver
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -20,6 +21,7 @@ from functions.runner import StepResult, subscribe_steps
 from iml import device as devices
 from infra.bootstrap import local_ports
 from infra.settings import Settings
+from watermark.reader import read_tflite
 from watermark.verify import verify
 
 NEVER_ISSUED_USER = "never-issued"
@@ -182,7 +184,8 @@ def _never_issued(run: _Run, workdir: Path, ports) -> dict:
 
 def _timed_verify(run: _Run, path: Path, ports):
     started = time.perf_counter()
-    verdict = verify(path.read_bytes(), ports.ledger, ports.kms, ports.models)
+    data = path.read_bytes()
+    verdict = verify(read_tflite(data), hashlib.sha256(data).hexdigest(), ports.ledger, ports.kms, ports.models)
     run.done("verify", time.perf_counter() - started)
     return verdict
 

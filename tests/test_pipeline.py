@@ -15,6 +15,7 @@ from infra.envelope import open_sealed_bytes
 from infra.local_storage import UrlExpired, fetch_local_url
 from infra.staging import MAGIC as STAGING_MAGIC
 from tests.conftest import make_signup
+from watermark.reader import read_tflite
 from watermark.verify import verify
 
 
@@ -50,7 +51,7 @@ def test_a_signup_becomes_a_sealed_fingerprinted_model_for_that_device(trained_p
     assert abs(record.record["accuracy_watermarked"] - record.record["accuracy_unwatermarked"]) <= 0.02
     assert not list(ports.staging.list()), "staging objects are deleted by the step that consumes them"
 
-    verdict = verify(tflite, ports.ledger, ports.kms, ports.models)
+    verdict = verify(read_tflite(tflite), header.plaintext_sha256, ports.ledger, ports.kms, ports.models)
     assert verdict.accused == ["alice"]
 
 

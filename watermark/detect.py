@@ -1,7 +1,8 @@
 """Accusation statistics: a score per issued model, its p-value, and the decision rule.
 
-Informed detection: the verifier subtracts the base model and weights layer l by the embedding scale s_l,
-giving a fixed vector a = (s_l * (W_suspect - W_base))_i. For a model j whose codeword c_j was not embedded
+Informed detection: the verifier aligns the suspect to the base model (watermark.align), subtracts the base
+model and weights layer l by the embedding scale s_l, giving a fixed vector a = (s_l * (W_suspect - W_base))_i
+(zero where the suspect's weight is exactly zero). For a model j whose codeword c_j was not embedded
 in the suspect, c_j is independent of a and uniform on {-1, +1}^n, so S_j = <c_j, a> is a Rademacher sum and
 Hoeffding's inequality gives, with no assumption on the suspect's weights,
 
@@ -25,9 +26,12 @@ DEFAULT_ALPHA = 1e-9
 
 
 def weighted_residual(suspect: list[np.ndarray], base: list[np.ndarray]) -> np.ndarray:
-    return np.concatenate(
-        [scale * (s - b).ravel() for s, b, scale in zip(suspect, base, layer_scales(base), strict=True)]
-    ).astype(np.float64)
+    """The aligned suspect minus the base, weighted per layer. Weights the suspect holds at exactly zero
+    (pruned) say nothing about any codeword and are left out; that choice looks at the suspect alone."""
+    return np.concatenate([
+        np.where(s != 0, scale * (s - b), 0.0).ravel()
+        for s, b, scale in zip(suspect, base, layer_scales(base), strict=True)
+    ]).astype(np.float64)
 
 
 def z_scores(residual: np.ndarray, seeds: Iterable[bytes], batch: int = 256) -> Iterator[float]:

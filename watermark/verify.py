@@ -6,16 +6,16 @@ and accuses the users whose p-value clears alpha / (number of issued models); se
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Callable
 
 from functions import base_model
 from infra.ledger import Ledger
 from infra.ports import BlobStore, Kms
+from watermark.align import IncompatibleModel, align
 from watermark.codeword import codeword_seed
 from watermark.detect import DEFAULT_ALPHA, accusation_threshold, p_value, weighted_residual, z_scores
-from watermark.tflite_reader import UnreadableModel, read_kernels
+from watermark.reader import ReadModel, UnreadableModel
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,8 @@ class Candidate:
 @dataclass(frozen=True)
 class Verdict:
     file_sha256: str
+    format: str
+    alignment: list[str]
     models_ranked: int
     alpha: float
     p_threshold: float
@@ -39,6 +41,8 @@ class Verdict:
     def to_dict(self) -> dict:
         return {
             "file_sha256": self.file_sha256,
+            "format": self.format,
+            "alignment": self.alignment,
             "models_ranked": self.models_ranked,
             "alpha": self.alpha,
             "p_threshold": self.p_threshold,
@@ -53,7 +57,8 @@ class NoLedger(ValueError):
 
 
 def verify(
-    suspect: bytes,
+    suspect: ReadModel,
+    file_sha256: str,
     ledger: Ledger,
     kms: Kms,
     models: BlobStore,
@@ -71,11 +76,13 @@ def verify(
     if not issued:
         raise NoLedger("the ledger holds no valid record of an issued model")
     scored: list[Candidate] = []
+    alignment_report: list[str] = []
     for version in sorted({record["base_model_version"] for record in issued}):
         records = [r for r in issued if r["base_model_version"] == version]
         base_kernels = base_model.load_kernels(models, version)
-        suspect_kernels = read_kernels(suspect, [k.shape for k in base_kernels])
-        residual = weighted_residual(suspect_kernels, base_kernels)
+        aligned = align(suspect.kernels, base_kernels)
+        alignment_report += [f"{version}: {line}" for line in aligned.report]
+        residual = weighted_residual(aligned.kernels, base_kernels)
         seeds = (codeword_seed(kms, r["model_id"]) for r in records)
         for record, z in zip(records, z_scores(residual, seeds), strict=True):
             scored.append(Candidate(record["user_id"], record["model_id"], z, p_value(z)))
@@ -85,7 +92,9 @@ def verify(
     scored.sort(key=lambda c: c.score, reverse=True)
     accused = sorted({c.user_id for c in scored if c.p_value <= threshold})
     return Verdict(
-        file_sha256=hashlib.sha256(suspect).hexdigest(),
+        file_sha256=file_sha256,
+        format=suspect.format,
+        alignment=alignment_report,
         models_ranked=len(issued),
         alpha=alpha,
         p_threshold=threshold,
@@ -95,4 +104,4 @@ def verify(
     )
 
 
-__all__ = ["Candidate", "NoLedger", "UnreadableModel", "Verdict", "verify"]
+__all__ = ["Candidate", "IncompatibleModel", "NoLedger", "UnreadableModel", "Verdict", "verify"]

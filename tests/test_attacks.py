@@ -1,0 +1,129 @@
+"""The verifier against a thief: alice's leaked model, attacked while it stays useful, still names alice and
+nobody else; a model nobody was issued names nobody."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from functions import userdata
+from functions.events import Ready
+from functions.runner import subscribe_steps
+from iml.demo import MovableClock
+from infra.bootstrap import local_ports
+from infra.envelope import open_sealed_bytes
+from infra.local_storage import fetch_local_url
+from infra.settings import Settings
+from tests.conftest import make_signup
+from watermark import attacks
+from watermark.attacks import Weights
+from watermark.reader import read_tflite
+from watermark.verify import verify
+
+USERS = ("alice", "bob", "carol")
+
+
+@dataclass
+class Issued:
+    ports: object
+    models: dict[str, Weights]
+    tflite: dict[str, bytes]
+
+
+@pytest.fixture(scope="module")
+def issued(tmp_path_factory, base_models_dir) -> Issued:
+    workdir = tmp_path_factory.mktemp("issued")
+    shutil.copytree(base_models_dir, workdir / "buckets" / "models")
+    ports = local_ports(Settings(workdir=workdir), MovableClock())
+    subscribe_steps(ports.bus, ports)
+    keys = {user: ec.generate_private_key(ec.SECP256R1()) for user in USERS}
+    for user, key in keys.items():
+        ports.bus.publish(ports.settings.topics.signup, make_signup(user, key=key).to_dict())
+    ports.bus.drain()
+    tflite = {}
+    for message in ports.bus.journal(ports.settings.topics.ready):
+        ready = Ready.parse(message)
+        tflite[ready.user_id] = open_sealed_bytes(fetch_local_url(ready.download_url, ports.clock()),
+                                                  keys[ready.user_id])[1]
+    models = {user: _weights(read_tflite(data)) for user, data in tflite.items()}
+    return Issued(ports, models, tflite)
+
+
+def _weights(read) -> Weights:
+    return Weights(read.kernels, read.biases)
+
+
+def accused(issued: Issued, tflite: bytes) -> list[str]:
+    verdict = verify(read_tflite(tflite), hashlib.sha256(tflite).hexdigest(), issued.ports.ledger,
+                     issued.ports.kms, issued.ports.models)
+    return verdict.accused
+
+
+def held_out(user: str = "alice"):
+    data = userdata.for_user(user).held_out
+    return data.x, data.y
+
+
+def assert_still_useful(original: Weights, attacked: Weights) -> None:
+    x, y = held_out()
+    assert attacked.accuracy(x, y) >= original.accuracy(x, y) - 0.05, "the attack destroyed the model's use"
+
+
+RNG = np.random.default_rng(7)
+
+
+@pytest.mark.parametrize("name, attack", [
+    ("noise 0.1", lambda w: attacks.gaussian_noise(w, 0.1, RNG)),
+    ("prune 30%", lambda w: attacks.magnitude_prune(w, 0.3)),
+    ("permute and rescale", lambda w: attacks.permute_and_scale(w, RNG)),
+    ("dummy neurons +50%, permuted", lambda w: attacks.permute_and_scale(attacks.dummy_neurons(w, 0.5, RNG), RNG)),
+])
+def test_weight_attacks_do_not_wash_out_the_fingerprint(issued, name, attack):
+    original = issued.models["alice"]
+    attacked = attack(original)
+    assert_still_useful(original, attacked)
+    assert accused(issued, attacks.to_tflite(attacked)) == ["alice"]
+
+
+@pytest.mark.parametrize("quantization", ["float16", "dynamic", "int8"])
+def test_quantized_copies_are_read_dequantized_and_traced(issued, quantization):
+    x, _ = held_out()
+    data = attacks.to_tflite(issued.models["alice"], quantization, representative=x[:100])
+    assert read_tflite(data).format.startswith("tflite")
+    assert accused(issued, data) == ["alice"]
+
+
+def test_fine_tuning_on_the_thiefs_own_data_does_not_wash_it_out(issued):
+    original = issued.models["alice"]
+    own = userdata.for_user("thief").train
+    attacked = attacks.fine_tune(original, own.x, own.y, epochs=5, learning_rate=1e-3)
+    assert_still_useful(original, attacked)
+    assert accused(issued, attacks.to_tflite(attacked)) == ["alice"]
+
+
+def test_two_colluders_averaging_are_caught_and_no_innocent_is(issued):
+    pooled = attacks.collude([issued.models["alice"], issued.models["bob"]], "mean", RNG)
+    found = accused(issued, attacks.to_tflite(pooled))
+    assert found and set(found) <= {"alice", "bob"}
+
+
+def test_the_untouched_leak_and_an_unissued_model_are_told_apart(issued):
+    assert accused(issued, issued.tflite["alice"]) == ["alice"]
+    stranger = attacks.fine_tune(issued.models["alice"], *_stranger_data(), epochs=1, learning_rate=1e-3)
+    base_like = attacks.Weights([k.copy() for k in _base_kernels(issued)], [b.copy() for b in stranger.biases])
+    assert accused(issued, attacks.to_tflite(base_like)) == []
+
+
+def _stranger_data():
+    data = userdata.for_user("stranger").train
+    return data.x, data.y
+
+
+def _base_kernels(issued: Issued) -> list[np.ndarray]:
+    from functions import base_model
+
+    return base_model.load_kernels(issued.ports.models)

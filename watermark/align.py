@@ -1,0 +1,88 @@
+"""Aligning a suspect model to the base model before extraction.
+
+A network's function survives some weight changes that would scramble a naive comparison: its hidden neurons
+can be permuted, each scaled by a positive factor (ReLU(a·z) = a·ReLU(z), undone on the next layer), split
+into several copies whose outgoing weights add up, or joined by dummy neurons that contribute nothing. The
+verifier holds the base model, so it can undo all of these, layer by layer from the input:
+
+- every suspect neuron is matched to the base neuron whose incoming weights it is most parallel to (cosine);
+  below `min_cosine` it is a dummy and is dropped;
+- its scale against that base neuron is estimated by least squares and divided out, and multiplied into its
+  outgoing weights, which then follow the neuron to its base position (copies of one neuron add up there).
+
+The input features and the output classes have a fixed meaning, so only hidden layers move. Alignment looks
+at the suspect and the base model only, never at a codeword: it cannot make an innocent model's codeword
+correlate, so the p-values of watermark.detect stay valid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MIN_COSINE = 0.5
+
+
+@dataclass(frozen=True)
+class Alignment:
+    kernels: list[np.ndarray]  # the suspect's kernels, in the base model's shapes and neuron order
+    report: list[str]  # what was undone, layer by layer, for the evidence report
+
+
+class IncompatibleModel(ValueError):
+    """The suspect cannot be a descendant of the base model: a different input, output or depth."""
+
+
+def align(suspect: list[np.ndarray], base: list[np.ndarray], min_cosine: float = MIN_COSINE) -> Alignment:
+    if len(suspect) != len(base):
+        raise IncompatibleModel(f"the model has {len(suspect)} dense layers, the base model {len(base)}")
+    if suspect[0].shape[0] != base[0].shape[0] or suspect[-1].shape[1] != base[-1].shape[1]:
+        raise IncompatibleModel(
+            f"the model maps {suspect[0].shape[0]} inputs to {suspect[-1].shape[1]} outputs, the base model "
+            f"{base[0].shape[0]} to {base[-1].shape[1]}")
+    aligned, report = [], []
+    incoming = suspect[0].astype(np.float64)
+    for layer, reference in enumerate(base[:-1]):
+        mapping, scales, cosines = _match(incoming, reference, min_cosine)
+        kept = mapping >= 0
+        columns = np.zeros_like(reference)
+        moves = np.zeros((incoming.shape[1], reference.shape[1]))  # suspect neuron -> base neuron, with scale
+        for j in np.flatnonzero(kept):
+            i = mapping[j]
+            moves[j, i] = scales[j]
+        # a base neuron takes the best-matching suspect neuron's (rescaled) incoming weights
+        for i in range(reference.shape[1]):
+            candidates = np.flatnonzero(mapping == i)
+            if candidates.size:
+                best = candidates[np.argmax(cosines[candidates])]
+                columns[:, i] = incoming[:, best] / scales[best]
+        aligned.append(columns)
+        incoming = moves.T @ suspect[layer + 1].astype(np.float64)  # outgoing weights follow, scaled, summed
+        report.append(_describe(layer, mapping, scales, reference.shape[1]))
+    aligned.append(incoming)
+    return Alignment(aligned, report)
+
+
+def _match(incoming: np.ndarray, reference: np.ndarray, min_cosine: float):
+    suspect_norms = np.linalg.norm(incoming, axis=0)
+    reference_norms = np.linalg.norm(reference, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cosine = (incoming.T @ reference) / np.outer(suspect_norms, reference_norms)
+    cosine = np.nan_to_num(cosine, nan=-1.0)
+    best = np.argmax(cosine, axis=1)
+    best_cosine = cosine[np.arange(len(best)), best]
+    scales = (incoming * reference[:, best]).sum(axis=0) / np.maximum(reference_norms[best] ** 2, 1e-30)
+    mapping = np.where((best_cosine >= min_cosine) & (scales > 0), best, -1)
+    return mapping, np.where(mapping >= 0, scales, 1.0), best_cosine
+
+
+def _describe(layer: int, mapping: np.ndarray, scales: np.ndarray, base_units: int) -> str:
+    kept = mapping[mapping >= 0]
+    moved = int(np.sum((mapping >= 0) & (mapping != np.arange(mapping.size))))
+    rescaled = int(np.sum(np.abs(scales[mapping >= 0] - 1.0) > 0.05))
+    dropped = int(np.sum(mapping < 0))
+    merged = int(kept.size - np.unique(kept).size)
+    missing = base_units - int(np.unique(kept).size)
+    return (f"hidden layer {layer + 1}: {mapping.size} neurons for the base model's {base_units}; "
+            f"{moved} moved, {rescaled} rescaled by more than 5%, {merged} merged as copies, "
+            f"{dropped} dropped as dummies, {missing} base neurons without a match")

@@ -1,0 +1,134 @@
+"""Reading a model's dense kernels, whatever form it was handed over in.
+
+- `.tflite` (float32, float16, dynamic-range int8, full-integer int8), through the LiteRT interpreter: the
+  FULLY_CONNECTED ops in execution order, each weight traced back through DEQUANTIZE ops to its constant, and
+  dequantized with its scales and zero points (per channel where it has them).
+- `.keras` and SavedModel folders, through TensorFlow (imported only for them).
+
+Kernels come back input to output, in Keras orientation (in, out), as float64; their shapes may differ from
+the base model's (dummy neurons): alignment is watermark.align's job.
+"""
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+class UnreadableModel(ValueError):
+    """The file is not a model this reader knows, or it holds no dense layers."""
+
+
+@dataclass(frozen=True)
+class ReadModel:
+    format: str  # e.g. "tflite float32", "tflite float16", "tflite int8", "keras"
+    kernels: list[np.ndarray]
+    biases: list[np.ndarray]
+
+
+def read_model(path: Path) -> ReadModel:
+    path = Path(path)
+    if path.is_dir():
+        return _read_saved_model(path)
+    data = path.read_bytes()
+    if zipfile.is_zipfile(path):
+        return _read_keras(path)
+    return read_tflite(data)
+
+
+def read_tflite(data: bytes) -> ReadModel:
+    from ai_edge_litert.interpreter import Interpreter
+
+    if len(data) < 8 or data[4:8] != b"TFL3":
+        raise UnreadableModel("not a TFLite model (no TFL3 identifier), a Keras file or a SavedModel folder")
+    try:
+        interpreter = Interpreter(model_content=data)
+        ops = interpreter._get_ops_details()  # LiteRT's op graph; no public accessor exists
+    except (ValueError, RuntimeError) as error:
+        raise UnreadableModel(f"not a readable TFLite model ({_first_line(error)})") from None
+    except AttributeError:
+        raise UnreadableModel("this LiteRT version does not expose the op graph the reader needs") from None
+    details = {d["index"]: d for d in interpreter.get_tensor_details()}
+    produced_by = {out: op for op in ops for out in op["outputs"]}
+    def constant(index: int) -> tuple[np.ndarray, str]:
+        while index in produced_by and produced_by[index]["op_name"] == "DEQUANTIZE":
+            index = int(produced_by[index]["inputs"][0])
+        return _dequantized(interpreter, details[index])
+
+    kernels, biases, kinds = [], [], set()
+    for op in ops:
+        if op["op_name"] != "FULLY_CONNECTED":
+            continue
+        weights, kind = constant(int(op["inputs"][1]))
+        kinds.add(kind)
+        kernels.append(weights.T)
+        has_bias = len(op["inputs"]) > 2 and int(op["inputs"][2]) >= 0
+        biases.append(constant(int(op["inputs"][2]))[0] if has_bias else np.zeros(weights.shape[0]))
+    if not kernels:
+        raise UnreadableModel("the TFLite model has no fully-connected layers")
+    return ReadModel(f"tflite {'+'.join(sorted(kinds))}", kernels, biases)
+
+
+def _dequantized(interpreter, detail: dict) -> tuple[np.ndarray, str]:
+    try:
+        raw = np.array(interpreter.get_tensor(detail["index"]))
+    except ValueError:
+        raise UnreadableModel("a weight tensor of the model holds no data (truncated or not constant)") from None
+    if raw.dtype in (np.float32, np.float64):
+        return raw.astype(np.float64), "float32"
+    if raw.dtype == np.float16:
+        return raw.astype(np.float64), "float16"
+    if raw.dtype in (np.int8, np.uint8, np.int32):  # int32: the biases of a full-integer model
+        q = detail["quantization_parameters"]
+        scales, zero_points = np.asarray(q["scales"], np.float64), np.asarray(q["zero_points"], np.float64)
+        if scales.size == 0:
+            raise UnreadableModel("an integer weight tensor has no quantization scale")
+        shape = [1] * raw.ndim
+        if scales.size > 1:
+            shape[q["quantized_dimension"]] = scales.size
+        return (raw.astype(np.float64) - zero_points.reshape(shape)) * scales.reshape(shape), "int8"
+    raise UnreadableModel(f"weights of type {raw.dtype} are not supported")
+
+
+def _read_keras(path: Path) -> ReadModel:
+    import keras
+
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except Exception as error:  # keras raises many types for a zip that is not a model
+        raise UnreadableModel(f"not a readable Keras model ({type(error).__name__})") from None
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    if not dense:
+        raise UnreadableModel("the Keras model has no Dense layers")
+    return ReadModel("keras", [d.kernel.numpy().astype(np.float64) for d in dense],
+                     [d.bias.numpy().astype(np.float64) for d in dense])
+
+
+def _read_saved_model(path: Path) -> ReadModel:
+    import tensorflow as tf
+
+    try:
+        loaded = tf.saved_model.load(str(path))
+    except (OSError, ValueError) as error:
+        raise UnreadableModel(f"not a readable SavedModel ({_first_line(error)})") from None
+    # dense kernels are the 2-D variables; their names sort in layer order (dense, dense_1, ...)
+    ordered = sorted(loaded.variables, key=lambda v: _layer_order(v.name))
+    kernels = [v.numpy().astype(np.float64) for v in ordered if len(v.shape) == 2]
+    biases = [v.numpy().astype(np.float64) for v in ordered if len(v.shape) == 1]
+    if not kernels:
+        raise UnreadableModel("the SavedModel has no 2-D weights")
+    return ReadModel("savedmodel", kernels, biases)
+
+
+def _layer_order(name: str) -> tuple[int, str]:
+    import re
+
+    numbers = re.findall(r"_(\d+)/", name)
+    return (int(numbers[-1]) if numbers else 0, name)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
