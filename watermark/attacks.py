@@ -113,6 +113,7 @@ def to_tflite(w: Weights, quantization: str = "float32", representative: np.ndar
     """Convert as an attacker would: float32, float16, dynamic-range int8, or full-integer int8."""
     import contextlib
     import io
+    import warnings
 
     import tensorflow as tf
 
@@ -127,5 +128,6 @@ def to_tflite(w: Weights, quantization: str = "float32", representative: np.ndar
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     elif quantization != "dynamic" and quantization != "float32":
         raise ValueError(f"unknown quantization {quantization!r}")
-    with contextlib.redirect_stdout(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Statistics for quantized inputs")  # float input, by design
         return converter.convert()

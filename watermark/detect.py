@@ -14,12 +14,14 @@ user by alpha.
 """
 from __future__ import annotations
 
+import hashlib
 import math
-from typing import Iterable, Iterator
+import multiprocessing
+import os
+from typing import Callable, Sequence
 
 import numpy as np
 
-from watermark.codeword import expand
 from watermark.embed import layer_scales
 
 DEFAULT_ALPHA = 1e-9
@@ -34,23 +36,66 @@ def weighted_residual(suspect: list[np.ndarray], base: list[np.ndarray]) -> np.n
     ]).astype(np.float64)
 
 
-def z_scores(residual: np.ndarray, seeds: Iterable[bytes], batch: int = 256) -> Iterator[float]:
-    """One z per codeword seed; codewords are expanded in batches so memory stays flat."""
-    norm = float(np.linalg.norm(residual))
-    pending: list[bytes] = []
+class Scorer:
+    """z for many codewords at once, exactly, without expanding them to signs.
 
-    def flush() -> Iterator[float]:
-        codewords = np.stack([expand(seed, residual.size) for seed in pending])
-        scores = codewords @ residual / norm if norm > 0 else np.zeros(len(pending))
-        pending.clear()
-        yield from (float(z) for z in scores)
+    With c = 2b - 1 for the codeword's bits b: <c, a> = 2 * sum(b_i a_i) - sum(a_i), and sum(b_i a_i) is one
+    table lookup per codeword byte (the table holds, per byte position, the sum of a over each bit pattern)."""
 
-    for seed in seeds:
-        pending.append(seed)
-        if len(pending) == batch:
-            yield from flush()
-    if pending:
-        yield from flush()
+    BYTE_BITS = np.unpackbits(np.arange(256, dtype=np.uint8)[:, None], axis=1).astype(np.float64)  # MSB first
+
+    def __init__(self, residual: np.ndarray):
+        self.size = residual.size
+        padded = np.concatenate([residual, np.zeros(-residual.size % 8)])
+        self.table = (padded.reshape(-1, 8) @ self.BYTE_BITS.T).astype(np.float32)  # (bytes, 256)
+        self.offsets = np.arange(self.table.shape[0], dtype=np.int64) * 256
+        self.total = float(residual.sum())
+        self.norm = float(np.linalg.norm(residual))
+
+    def z(self, seeds: Sequence[bytes]) -> np.ndarray:
+        if self.norm == 0 or not seeds:
+            return np.zeros(len(seeds))
+        width = self.table.shape[0]
+        stream = b"".join(hashlib.shake_256(seed).digest(width) for seed in seeds)
+        codeword_bytes = np.frombuffer(stream, np.uint8).reshape(len(seeds), width)
+        # codeword_length bits are used; padding bits meet zeros in the residual
+        ones = np.take(self.table.ravel(), codeword_bytes + self.offsets).sum(axis=1, dtype=np.float64)
+        return (2.0 * ones - self.total) / self.norm
+
+
+def z_scores(residual: np.ndarray, seeds: Sequence[bytes], *, batch: int = 4096, workers: int | None = None,
+             progress: Callable[[int, int], None] = lambda done, total: None) -> np.ndarray:
+    """One z per seed, in order; over many seeds, on every core."""
+    scorer = Scorer(residual)
+    chunks = [seeds[i:i + batch] for i in range(0, len(seeds), batch)]
+    workers = workers or os.cpu_count() or 1
+    if workers == 1 or len(seeds) < PARALLEL_FROM:
+        results = []
+        for chunk in chunks:
+            results.append(scorer.z(chunk))
+            progress(sum(map(len, results)), len(seeds))
+        return np.concatenate(results) if results else np.zeros(0)
+    context = multiprocessing.get_context("spawn")  # no fork of a process that may hold TensorFlow's threads
+    with context.Pool(workers, initializer=_init_worker, initargs=(scorer,)) as pool:
+        results, done = [], 0
+        for scores in pool.imap(_score_chunk, chunks):
+            results.append(scores)
+            done += len(scores)
+            progress(done, len(seeds))
+    return np.concatenate(results)
+
+
+PARALLEL_FROM = 50_000
+_worker_scorer: Scorer | None = None
+
+
+def _init_worker(scorer: Scorer) -> None:
+    global _worker_scorer
+    _worker_scorer = scorer
+
+
+def _score_chunk(seeds: Sequence[bytes]) -> np.ndarray:
+    return _worker_scorer.z(seeds)
 
 
 def p_value(z: float) -> float:

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from functions import base_model
-from infra.ledger import Ledger
+from infra.ledger import Ledger, LedgerEntry
 from infra.ports import BlobStore, Kms
 from watermark.align import IncompatibleModel, align
 from watermark.codeword import codeword_seed
@@ -67,39 +67,46 @@ def verify(
     top: int = 5,
     progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> Verdict:
-    issued, excluded = [], []
-    for entry in ledger.entries("issued"):
-        if entry.valid:
-            issued.append(entry.record)
-        else:
-            excluded.append(f"{entry.name}: {entry.problem}")
-    if not issued:
-        raise NoLedger("the ledger holds no valid record of an issued model")
-    scored: list[Candidate] = []
+    """Rank every issued model in the ledger against `suspect`. Signatures are checked for the records that
+    are shown or accused; a record whose signature fails is reported and never used. Every record read counts
+    in the union bound, checked or not, which can only make the bound more conservative."""
+    entries = [entry for entry in ledger.entries("issued", checked=False)]
+    excluded = [f"{e.name}: {e.problem}" for e in entries if e.valid is False]
+    entries = [e for e in entries if e.valid is not False]
+    if not entries:
+        raise NoLedger("the ledger holds no record of an issued model")
+    threshold = accusation_threshold(len(entries), alpha)
+    scored: list[tuple[float, LedgerEntry]] = []
     alignment_report: list[str] = []
-    for version in sorted({record["base_model_version"] for record in issued}):
-        records = [r for r in issued if r["base_model_version"] == version]
+    for version in sorted({e.record.get("base_model_version", "") for e in entries}):
+        group = [e for e in entries if e.record.get("base_model_version", "") == version]
         base_kernels = base_model.load_kernels(models, version)
         aligned = align(suspect.kernels, base_kernels)
         alignment_report += [f"{version}: {line}" for line in aligned.report]
         residual = weighted_residual(aligned.kernels, base_kernels)
-        seeds = (codeword_seed(kms, r["model_id"]) for r in records)
-        for record, z in zip(records, z_scores(residual, seeds), strict=True):
-            scored.append(Candidate(record["user_id"], record["model_id"], z, p_value(z)))
-            if len(scored) % 256 == 0 or len(scored) == len(issued):
-                progress(len(scored), len(issued))
-    threshold = accusation_threshold(len(issued), alpha)
-    scored.sort(key=lambda c: c.score, reverse=True)
-    accused = sorted({c.user_id for c in scored if c.p_value <= threshold})
+        seeds = [codeword_seed(kms, e.record["model_id"]) for e in group]
+        scores = z_scores(residual, seeds, progress=progress)
+        scored += zip(scores.tolist(), group)
+    scored.sort(key=lambda pair: pair[0], reverse=True)
+    candidates: list[Candidate] = []
+    for z, entry in scored:  # best first; check signatures until `top` are shown and every accusable one is settled
+        if len(candidates) >= top and p_value(z) > threshold:
+            break
+        checked = ledger.check(entry)
+        if not checked.valid:
+            excluded.append(f"{entry.name}: {checked.problem}")
+            continue
+        candidates.append(Candidate(checked.record["user_id"], checked.record["model_id"], z, p_value(z)))
+    accused = sorted({c.user_id for c in candidates if c.p_value <= threshold})
     return Verdict(
         file_sha256=file_sha256,
         format=suspect.format,
         alignment=alignment_report,
-        models_ranked=len(issued),
+        models_ranked=len(entries),
         alpha=alpha,
         p_threshold=threshold,
         accused=accused,
-        candidates=scored[:top],
+        candidates=candidates[:top] + [c for c in candidates[top:] if c.user_id in accused],
         excluded_records=excluded,
     )
 
