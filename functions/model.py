@@ -36,15 +36,21 @@ def load_or_train_base(store: BlobStore) -> keras.Model:
     """The shared base model, trained on first use and cached in the models store."""
     key = base_model.model_key()
     if not store.exists(key):
-        keras.utils.set_random_seed(0)
-        model = build()
-        _compile(model, 1e-3)
-        data = base_training_data()
-        model.fit(data.x, data.y, epochs=40, batch_size=32, verbose=0)
+        model = train(seed=0)
         # kernels first: a reader that finds the model finds its kernels too
         store.put(base_model.kernels_key(), base_model.kernels_to_bytes(kernels(model)), if_absent=True)
         store.put(key, to_keras_bytes(model), if_absent=True)
     return from_keras_bytes(store.get(key))
+
+
+def train(seed: int, epochs: int = 40) -> keras.Model:
+    """A model trained from scratch on the base training data (the base model is seed 0)."""
+    keras.utils.set_random_seed(seed)
+    model = build()
+    _compile(model, 1e-3)
+    data = base_training_data()
+    model.fit(data.x, data.y, epochs=epochs, batch_size=32, verbose=0)
+    return model
 
 
 def fine_tune(base: keras.Model, data: Split, user_id: str, epochs: int = 15) -> keras.Model:

@@ -1,0 +1,223 @@
+"""Robustness of the fingerprint: every attack and strength against many issued models, and null trials.
+
+    python bench/robustness.py [--users 20] [--out bench-out]
+
+Issues models to --users users through the real pipeline (embedded adapters), then attacks each user's
+decrypted model. Per attack: the attacked accuracy on the user's held-out data; whether it stays within 5
+points (only then does the attack count); the true user's rank and p-value; whether the true user was accused
+at alpha 1e-9; how many innocents were. Collusion: groups of k users pooling their models. Null trials: every
+issued model scored against never-issued codewords (at least 10,000 pairs), plus models never issued (the base
+model and a model trained from another seed) against the ledger: the empirical distribution of z is plotted
+against the bound exp(-z^2/2) into --out/null-scores.png.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from functions import base_model, userdata  # noqa: E402
+from functions.events import Ready, Signup  # noqa: E402
+from functions.runner import subscribe_steps  # noqa: E402
+from iml.device import public_key_b64  # noqa: E402
+from infra import logs  # noqa: E402
+from infra.bootstrap import local_ports  # noqa: E402
+from infra.envelope import open_sealed_bytes  # noqa: E402
+from infra.local_storage import fetch_local_url  # noqa: E402
+from infra.settings import Settings  # noqa: E402
+from watermark import attacks  # noqa: E402
+from watermark.align import align  # noqa: E402
+from watermark.attacks import Weights  # noqa: E402
+from watermark.detect import weighted_residual, z_scores  # noqa: E402
+from watermark.reader import ReadModel, read_tflite  # noqa: E402
+from watermark.verify import verify  # noqa: E402
+
+TIER = 0.05
+
+
+def issue(users: int, workdir: Path):
+    from functions import model
+
+    ports = local_ports(Settings(workdir=workdir))
+    model.load_or_train_base(ports.models)
+    subscribe_steps(ports.bus, ports)
+    keys = {f"user-{i:03d}": ec.generate_private_key(ec.SECP256R1()) for i in range(users)}
+    for user, key in keys.items():
+        ports.bus.publish(ports.settings.topics.signup,
+                          Signup(request_id="r1", user_id=user, device_public_key=public_key_b64(key)).to_dict())
+    ports.bus.drain()
+    models = {}
+    for message in ports.bus.journal(ports.settings.topics.ready):
+        ready = Ready.parse(message)
+        tflite = open_sealed_bytes(fetch_local_url(ready.download_url, ports.clock()), keys[ready.user_id])[1]
+        read = read_tflite(tflite)
+        models[ready.user_id] = Weights(read.kernels, read.biases)
+    return ports, models
+
+
+def weight_attacks(rng: np.random.Generator):
+    """(family, strength, attack(weights, user) -> Weights | bytes)."""
+    def fine(epochs, rate):
+        def attack(w, user):  # the strongest thief: the user, leaking their own model, with their own data
+            own = userdata.for_user(user).train
+            return attacks.fine_tune(w, own.x, own.y, epochs, rate)
+        return attack
+
+    table = [("none", "-", lambda w, u: w)]
+    table += [("noise", f"sigma {s}", lambda w, u, s=s: attacks.gaussian_noise(w, s, rng)) for s in (0.1, 0.3, 0.5, 1.0)]
+    table += [("prune", f"{int(f * 100)}%", lambda w, u, f=f: attacks.magnitude_prune(w, f))
+              for f in (0.1, 0.3, 0.5, 0.7, 0.9)]
+    table += [("tflite", q, lambda w, u, q=q: attacks.to_tflite(w, q, userdata.for_user(u).train.x[:100]))
+              for q in ("float16", "dynamic", "int8")]
+    table += [("fine-tune", f"{e} ep, lr {r}", fine(e, r)) for e in (1, 5, 20) for r in (1e-3, 1e-2)]
+    table += [("permute+scale", "0.5-2x", lambda w, u: attacks.permute_and_scale(w, rng))]
+    table += [("dummy neurons", f"+{int(x * 100)}%", lambda w, u, x=x: attacks.permute_and_scale(
+        attacks.dummy_neurons(w, x, rng), rng)) for x in (0.1, 0.3, 0.5)]
+    return table
+
+
+def as_weights(result) -> tuple[Weights, ReadModel]:
+    if isinstance(result, bytes):
+        read = read_tflite(result)
+        return Weights(read.kernels, read.biases), read
+    return result, ReadModel("weights", result.kernels, result.biases)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path("bench-out"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    logs.configure(open(os.devnull, "w"))
+    rng = np.random.default_rng(2026)
+    workdir = Path(tempfile.mkdtemp(prefix="iml-robustness-"))
+    started = time.perf_counter()
+    ports, models = issue(args.users, workdir)
+    print(f"issued {len(models)} models in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+
+    def judge(read: ReadModel):
+        return verify(read, "-", ports.ledger, ports.kms, ports.models, top=len(models))
+
+    rows = defaultdict(list)
+    for user, original in models.items():
+        x, y = userdata.for_user(user).held_out.x, userdata.for_user(user).held_out.y
+        baseline = original.accuracy(x, y)
+        for family, strength, attack in weight_attacks(rng):
+            attacked, read = as_weights(attack(original, user))
+            accuracy = attacked.accuracy(x, y)
+            verdict = judge(read)
+            ranked = [c.user_id for c in verdict.candidates]
+            true = next((c for c in verdict.candidates if c.user_id == user), None)
+            rows[(family, strength)].append({
+                "drop": baseline - accuracy, "counts": accuracy >= baseline - TIER,
+                "rank": ranked.index(user) + 1 if user in ranked else len(models),
+                "p": true.p_value if true else 1.0, "right": user in verdict.accused,
+                "innocents": len([a for a in verdict.accused if a != user]),
+            })
+        print(f"attacked {user}", file=sys.stderr)
+
+    table = Table(title=f"Fingerprint robustness: {len(models)} users, alpha 1e-9 (an attack counts within "
+                        f"{int(TIER * 100)} points)")
+    for column in ("attack", "strength", "acc. drop (mean)", "counted", "right user accused", "median rank",
+                   "median p (true user)", "innocents accused"):
+        table.add_column(column, justify="left" if column in ("attack", "strength") else "right")
+    for (family, strength), results in rows.items():
+        counted = [r for r in results if r["counts"]]
+        table.add_row(family, strength, f"{100 * statistics.mean(r['drop'] for r in results):.1f} pts",
+                      f"{len(counted)}/{len(results)}",
+                      f"{sum(r['right'] for r in counted)}/{len(counted)}" if counted else "-",
+                      f"{statistics.median(r['rank'] for r in counted):.0f}" if counted else "-",
+                      f"{statistics.median(r['p'] for r in counted):.2g}" if counted else "-",
+                      str(sum(r["innocents"] for r in results)))
+    Console(width=160).print(table)
+
+    collusion = Table(title="Collusion: k users pool their models (5 groups each)")
+    for column in ("k", "how", "acc. drop (mean)", "some colluder accused", "all colluders accused",
+                   "innocents accused"):
+        collusion.add_column(column, justify="right")
+    users = list(models)
+    for k in (k for k in (2, 3, 5, 8) if k <= len(users)):
+        for how in ("mean", "median", "interleave"):
+            some = every = innocents = 0
+            drops = []
+            for _ in range(5):
+                group = list(rng.choice(users, size=k, replace=False))
+                pooled = attacks.collude([models[u] for u in group], how, rng)
+                x, y = userdata.for_user(group[0]).held_out.x, userdata.for_user(group[0]).held_out.y
+                drops.append(models[group[0]].accuracy(x, y) - pooled.accuracy(x, y))
+                accused = set(judge(ReadModel("weights", pooled.kernels, pooled.biases)).accused)
+                some += bool(accused & set(group))
+                every += set(group) <= accused
+                innocents += len(accused - set(group))
+            collusion.add_row(str(k), how, f"{100 * statistics.mean(drops):.1f} pts", f"{some}/5", f"{every}/5",
+                              str(innocents))
+    Console(width=160).print(collusion)
+
+    null_trials(ports, models, args.out, rng)
+    shutil.rmtree(workdir, ignore_errors=True)
+
+
+def null_trials(ports, models: dict[str, Weights], out: Path, rng: np.random.Generator) -> None:
+    """z of codewords that were never embedded in the file: innocent by construction."""
+    from functions import model as tf_model
+
+    base = base_model.load_kernels(ports.models)
+    per_model = max(1, math.ceil(10_000 / len(models)))
+    null_z = []
+    for weights in models.values():
+        residual = weighted_residual(align(weights.kernels, base).kernels, base)
+        null_z.append(z_scores(residual, [rng.bytes(32) for _ in range(per_model)], workers=1))
+    null_z = np.concatenate(null_z)
+    other_seed = tf_model.train(seed=99)  # never issued
+    never = {"base model": ReadModel("weights", base, [np.zeros(k.shape[1]) for k in base]),
+             "model from another seed": ReadModel("weights", tf_model.kernels(other_seed),
+                                                  [np.zeros(k.shape[1]) for k in base])}
+    accusations = {name: verify(read, "-", ports.ledger, ports.kms, ports.models).accused
+                   for name, read in never.items()}
+    threshold_z = math.sqrt(2 * math.log(len(models) / 1e-9))
+    print(f"null trials: {null_z.size} (issued model, never-embedded codeword) pairs; max z {null_z.max():.2f}; "
+          f"accused at alpha 1e-9 (z >= {threshold_z:.2f}): {int(np.sum(null_z >= threshold_z))}")
+    for t in (1, 2, 3, 4):
+        print(f"  share of z >= {t}: {np.mean(null_z >= t):.5f}  (bound exp(-z^2/2) = {math.exp(-t * t / 2):.5f})")
+    for name, accused in accusations.items():
+        print(f"never issued, {name}: accused {accused or 'nobody'}")
+    plot(null_z, out / "null-scores.png")
+
+
+def plot(null_z: np.ndarray, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = np.linspace(0, max(6.0, null_z.max() + 0.5), 200)
+    survival = [np.mean(null_z >= t) for t in grid]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.semilogy(grid, np.maximum(survival, 1e-6), label=f"innocent codewords, {null_z.size} pairs: P(z >= t)")
+    axis.semilogy(grid, np.exp(-grid ** 2 / 2), "--", label="Hoeffding bound exp(-t²/2)")
+    axis.set_xlabel("t")
+    axis.set_ylabel("share of scores at or above t")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    print(f"plot: {path}")
+
+
+if __name__ == "__main__":
+    main()
