@@ -66,7 +66,9 @@ def demo(users: int, workdir: Path, as_json: bool) -> None:
 @click.option("--alpha", type=click.FloatRange(1e-300, 0.5), default=1e-9, show_default=True,
               help="Bound on the probability of accusing any innocent user.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-def verify_command(model_file: Path, workdir: Path, alpha: float, as_json: bool) -> None:
+@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the evidence report here (HTML), with its KMS-signed JSON twin beside it (.json).")
+def verify_command(model_file: Path, workdir: Path, alpha: float, as_json: bool, report_path: Path | None) -> None:
     """Name the user a leaked MODEL_FILE (.tflite in any quantization, .keras, or a SavedModel folder) was issued
     to. Exit 0: someone accused; 1: nobody; 2: error."""
     from infra.bootstrap import local_ports
@@ -86,6 +88,13 @@ def verify_command(model_file: Path, workdir: Path, alpha: float, as_json: bool)
                              alpha=alpha, progress=lambda done, total: bars.update(task, completed=done, total=total))
         except (UnreadableModel, IncompatibleModel, NoLedger, ObjectMissing) as error:
             _fail(str(error))
+    if report_path:
+        from watermark.report import write_report
+
+        command = f"iml verify {model_file} --workdir {workdir} --alpha {alpha} --report {report_path}"
+        written = write_report(verdict, report_path, ports.kms, file_name=model_file.name, command=command,
+                               parameters={"alpha": alpha, "workdir": str(workdir)})
+        err.print(f"evidence report: {written[0]} (signed twin: {written[1]})")
     if as_json:
         click.echo(json.dumps(verdict.to_dict(), indent=2))
     else:
@@ -226,10 +235,11 @@ def _print_demo(report: dict) -> None:
 def _print_verdict(verdict, model_file: Path) -> None:
     out = Console(soft_wrap=True)
     table = Table(title=f"{model_file.name}: best of {verdict.models_ranked} issued models")
-    for column in ("user", "model", "score z", "p-value"):
+    for column in ("user", "model", "score z", "p-value", ""):
         table.add_column(column)
     for c in verdict.candidates:
-        table.add_row(c.user_id, c.model_id, f"{c.score:.2f}", f"{c.p_value:.3g}")
+        accused = c.p_value <= verdict.p_threshold
+        table.add_row(c.user_id, c.model_id, f"{c.score:.2f}", f"{c.p_value:.3g}", "accused" if accused else "")
     out.print(table)
     for line in verdict.excluded_records:
         err.print(f"[yellow]excluded ledger record[/] {line}")

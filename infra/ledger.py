@@ -32,6 +32,8 @@ class LedgerEntry:
     record: dict
     valid: bool | None  # None: read without checking its signature (check it with Ledger.check)
     problem: str | None = None
+    signature: str | None = None  # base64 DER ECDSA, as stored: evidence for a report
+    signing_key_id: str | None = None
 
 
 class Ledger:
@@ -75,10 +77,11 @@ def _verified(name: str, raw: bytes, public_key: ec.EllipticCurvePublicKey | Non
             raise TypeError
     except (ValueError, KeyError, TypeError):
         return LedgerEntry(name, {}, False, "not a ledger record")
+    evidence = {"signature": body["signature"], "signing_key_id": body.get("signing_key_id")}
     if public_key is None:
-        return LedgerEntry(name, record, None)
+        return LedgerEntry(name, record, None, **evidence)
     try:
         public_key.verify(signature, canonical_json(record), ec.ECDSA(hashes.SHA256()))
     except InvalidSignature:
-        return LedgerEntry(name, record, False, "signature does not verify")
-    return LedgerEntry(name, record, True)
+        return LedgerEntry(name, record, False, "signature does not verify", **evidence)
+    return LedgerEntry(name, record, True, **evidence)

@@ -1,15 +1,24 @@
 """The demo and the verifier as a user runs them: `iml demo --users 2 --json`, then `iml verify`."""
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
+import os
 import shutil
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from PIL import Image
+
+from infra.ledger import canonical_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,3 +125,47 @@ def test_no_secret_reaches_a_log_line(demo):
     everything = "\n".join(log_lines) + done.stderr
     for secret in secrets:
         assert secret not in everything
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if os.environ.get("CI") == "true":
+        pytest.fail("chromium is missing under CI: .ci/run installs Debian's chromium")
+    pytest.skip("chromium is not installed here (apt-get install chromium) to render the evidence report")
+
+
+def test_the_evidence_report_renders_and_its_signed_twin_verifies(demo, tmp_path):
+    report, workdir, _ = demo
+    html_path = tmp_path / "evidence" / "report.html"
+    done = iml("verify", report["leak"]["file"], "--workdir", str(workdir), "--report", str(html_path))
+    assert done.returncode == 0, done.stderr
+    page = html_path.read_text()
+    leaked_sha = hashlib.sha256(Path(report["leak"]["file"]).read_bytes()).hexdigest()
+    assert f"Accused: {report['leak']['leaked_user']}" in page and leaked_sha in page
+    assert "Signature verified: <b>yes</b>" in page and "iml verify " in page
+
+    twin = json.loads(html_path.with_suffix(".json").read_text())
+    public_key = serialization.load_pem_public_key(twin["report"]["ledger_public_key_pem"].encode())
+    signature = base64.b64decode(twin["signature"])
+    public_key.verify(signature, canonical_json(twin["report"]), ec.ECDSA(hashes.SHA256()))
+    twin["report"]["accused"] = ["someone-else"]
+    with pytest.raises(InvalidSignature):
+        public_key.verify(signature, canonical_json(twin["report"]), ec.ECDSA(hashes.SHA256()))
+
+    shot = tmp_path / "shot.png"
+    subprocess.run([chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                    "--window-size=1000,1000", f"--screenshot={shot}", html_path.as_uri()],
+                   capture_output=True, timeout=120, check=True)
+    pixels = np.asarray(Image.open(shot).convert("RGB")).reshape(-1, 3).astype(int)
+
+    def count(rgb: tuple[int, int, int]) -> int:
+        return int(np.sum(np.abs(pixels - rgb).sum(axis=1) < 40))
+
+    assert count((0xD6, 0x27, 0x28)) > 100, "the threshold line of the plot is not on screen"
+    assert count((0x2C, 0xA0, 0x2C)) > 100, "the accused model's mark is not on screen"

@@ -79,10 +79,11 @@ def _match(incoming: np.ndarray, reference: np.ndarray, min_cosine: float):
 def _describe(layer: int, mapping: np.ndarray, scales: np.ndarray, base_units: int) -> str:
     kept = mapping[mapping >= 0]
     moved = int(np.sum((mapping >= 0) & (mapping != np.arange(mapping.size))))
-    rescaled = int(np.sum(np.abs(scales[mapping >= 0] - 1.0) > 0.05))
+    kept_scales = scales[mapping >= 0]
     dropped = int(np.sum(mapping < 0))
     merged = int(kept.size - np.unique(kept).size)
     missing = base_units - int(np.unique(kept).size)
+    scale_range = f"{kept_scales.min():.2f} to {kept_scales.max():.2f}" if kept_scales.size else "none"
     return (f"hidden layer {layer + 1}: {mapping.size} neurons for the base model's {base_units}; "
-            f"{moved} moved, {rescaled} rescaled by more than 5%, {merged} merged as copies, "
-            f"{dropped} dropped as dummies, {missing} base neurons without a match")
+            f"{moved} moved to another position, scales divided out from {scale_range}, {merged} merged as "
+            f"copies, {dropped} dropped as dummies, {missing} base neurons without a match")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
+
 from functions import base_model
 from infra.ledger import Ledger, LedgerEntry
 from infra.ports import BlobStore, Kms
@@ -37,6 +39,8 @@ class Verdict:
     accused: list[str]
     candidates: list[Candidate]
     excluded_records: list[str] = field(default_factory=list)
+    accused_records: list[LedgerEntry] = field(default_factory=list)  # signature checked
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # every issued model's z, for the report
 
     def to_dict(self) -> dict:
         return {
@@ -89,6 +93,7 @@ def verify(
         scored += zip(scores.tolist(), group)
     scored.sort(key=lambda pair: pair[0], reverse=True)
     candidates: list[Candidate] = []
+    checked_entries: dict[str, LedgerEntry] = {}
     for z, entry in scored:  # best first; check signatures until `top` are shown and every accusable one is settled
         if len(candidates) >= top and p_value(z) > threshold:
             break
@@ -97,6 +102,7 @@ def verify(
             excluded.append(f"{entry.name}: {checked.problem}")
             continue
         candidates.append(Candidate(checked.record["user_id"], checked.record["model_id"], z, p_value(z)))
+        checked_entries[checked.record["model_id"]] = checked
     accused = sorted({c.user_id for c in candidates if c.p_value <= threshold})
     return Verdict(
         file_sha256=file_sha256,
@@ -108,6 +114,8 @@ def verify(
         accused=accused,
         candidates=candidates[:top] + [c for c in candidates[top:] if c.user_id in accused],
         excluded_records=excluded,
+        accused_records=[checked_entries[c.model_id] for c in candidates if c.p_value <= threshold],
+        scores=np.array([z for z, _ in scored]),
     )
 
 

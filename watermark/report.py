@@ -1,0 +1,154 @@
+"""The evidence report: one self-contained HTML file for people, and its JSON twin signed through KMS.
+
+The HTML holds everything inline (the plot is a PNG data URI), so it can be archived, mailed and opened
+offline. The JSON twin carries the same facts and a signature over their canonical JSON by the ledger's
+signing key, so anyone with the public key (in the twin) can check that it was not edited afterwards.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+
+from infra.ledger import canonical_json
+from infra.ports import Kms
+from watermark.verify import Verdict
+
+BOUND = ("For an innocent user's model j, the codeword c_j is independent of the file, so by Hoeffding's "
+         "inequality P(z_j >= z) <= exp(-z^2/2) whatever the file's weights; p_j = exp(-z_j^2/2). A user is "
+         "accused only when p_j <= alpha / M (M issued models), so the probability of accusing any innocent "
+         "user is at most alpha (docs/verifier.md).")
+
+
+def tool_version() -> str:
+    try:
+        return version("iml-pipeline")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def report_body(verdict: Verdict, *, file_name: str, command: str, parameters: dict, public_key_pem: str,
+                now: datetime | None = None) -> dict:
+    return {
+        "tool": "iml verify",
+        "tool_version": tool_version(),
+        "generated_at": (now or datetime.now(timezone.utc)).isoformat(),
+        "command": command,
+        "parameters": parameters,
+        "file": {"name": file_name, "sha256": verdict.file_sha256, "format": verdict.format},
+        "alignment": verdict.alignment,
+        "models_ranked": verdict.models_ranked,
+        "alpha": verdict.alpha,
+        "p_threshold": verdict.p_threshold,
+        "bound": BOUND,
+        "accused": verdict.accused,
+        "candidates": [{**c.__dict__, "accused": c.p_value <= verdict.p_threshold} for c in verdict.candidates],
+        "accused_records": [
+            {"object": e.name, "record": e.record, "signature": e.signature, "signing_key_id": e.signing_key_id,
+             "signature_verified": bool(e.valid)} for e in verdict.accused_records
+        ],
+        "excluded_records": verdict.excluded_records,
+        "ledger_public_key_pem": public_key_pem,
+    }
+
+
+def write_report(verdict: Verdict, html_path: Path, kms: Kms, *, file_name: str, command: str,
+                 parameters: dict) -> tuple[Path, Path]:
+    """Write the HTML report and its signed JSON twin (same name, .json); returns both paths."""
+    body = report_body(verdict, file_name=file_name, command=command, parameters=parameters,
+                       public_key_pem=kms.public_key_pem().decode())
+    twin = {"report": body, "signature": base64.b64encode(kms.sign(canonical_json(body))).decode(),
+            "signing_key_id": kms.signing_key_id,
+            "signature_algorithm": "ECDSA P-256 SHA-256 over the canonical JSON of `report`"}
+    html_path = Path(html_path)
+    json_path = html_path.with_suffix(".json")
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(twin, indent=2, sort_keys=True))
+    html_path.write_text(_html(body, _plot(verdict)))
+    return html_path, json_path
+
+
+def _plot(verdict: Verdict) -> str:
+    """Every issued model's score, the accusation threshold, the accused marked: a PNG data URI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    threshold_z = float(np.sqrt(2 * np.log(1 / verdict.p_threshold)))
+    figure, axis = plt.subplots(figsize=(8, 3.6))
+    scores = verdict.scores if verdict.scores.size else np.zeros(1)
+    if scores.size <= 500:  # few enough to show one point each
+        jitter = np.random.default_rng(0).uniform(-0.3, 0.3, scores.size)
+        axis.scatter(scores, jitter, s=14, color="#1f77b4", label=f"{verdict.models_ranked} issued models")
+        axis.set_yticks([])
+    else:
+        axis.hist(scores, bins=200, color="#1f77b4", log=True, label=f"{verdict.models_ranked} issued models")
+        axis.set_ylabel("models")
+    axis.axvline(threshold_z, color="#d62728", linewidth=2, label=f"threshold z = {threshold_z:.2f}")
+    for candidate in verdict.candidates:
+        if candidate.p_value <= verdict.p_threshold:
+            axis.axvline(candidate.score, color="#2ca02c", linewidth=2)
+            axis.annotate(f"accused: {candidate.user_id}", (candidate.score, 0.5), xycoords=("data", "axes fraction"),
+                          rotation=90, va="center", ha="right", color="#2ca02c")
+    axis.set_xlabel("score z of each issued model's codeword")
+    axis.set_xlim(min(scores.min(), -4) - 0.5, max(scores.max(), threshold_z) + 2)
+    axis.legend(loc="upper center")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110)
+    plt.close(figure)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _html(body: dict, plot_uri: str) -> str:
+    e = html.escape
+    verdict = (f"Accused: {', '.join(body['accused'])}" if body["accused"]
+               else "Nobody accused: no issued model's fingerprint is significant")
+    rows = "".join(
+        f"<tr><td>{e(c['user_id'])}</td><td><code>{e(c['model_id'])}</code></td><td>{c['score']:.3f}</td>"
+        f"<td>{c['p_value']:.3g}</td><td>{'accused' if c['accused'] else ''}</td></tr>"
+        for c in body["candidates"])
+    records = "".join(
+        f"<h3>{e(r['object'])}</h3><p>Signature verified: <b>{'yes' if r['signature_verified'] else 'NO'}</b> "
+        f"(key <code>{e(str(r['signing_key_id']))}</code>)</p><pre>{e(json.dumps(r['record'], indent=2, sort_keys=True))}"
+        f"</pre><p>Signature (base64 DER):</p><pre class=wrap>{e(str(r['signature']))}</pre>"
+        for r in body["accused_records"]) or "<p>None: nobody is accused.</p>"
+    excluded = "".join(f"<li>{e(x)}</li>" for x in body["excluded_records"]) or "<li>none</li>"
+    alignment = "".join(f"<li>{e(x)}</li>" for x in body["alignment"])
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Evidence report: {e(body['file']['name'])}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222; }}
+table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #ccc; padding: .3rem .6rem; text-align: left; }}
+pre {{ background: #f6f6f6; padding: .6rem; overflow-x: auto; }} pre.wrap {{ white-space: pre-wrap; word-break: break-all; }}
+.verdict {{ font-size: 1.4rem; font-weight: bold; }}
+</style></head><body>
+<h1>Evidence report</h1>
+<p class="verdict">{e(verdict)}</p>
+<h2>The file</h2>
+<table><tr><th>name</th><td>{e(body['file']['name'])}</td></tr>
+<tr><th>SHA-256</th><td><code>{e(body['file']['sha256'])}</code></td></tr>
+<tr><th>format</th><td>{e(body['file']['format'])}</td></tr></table>
+<h2>Alignment to the base model</h2><ul>{alignment}</ul>
+<h2>Scores</h2>
+<img id="scores" alt="score of every issued model against the threshold" src="{plot_uri}">
+<p>{body['models_ranked']} issued models ranked; alpha = {body['alpha']:.3g}; accusation when p &le;
+{body['p_threshold']:.3g}.</p>
+<table><tr><th>user</th><th>model</th><th>score z</th><th>p-value</th><th></th></tr>{rows}</table>
+<h2>The bound</h2><p>{e(body['bound'])}</p>
+<h2>Ledger records of the accused</h2>{records}
+<h2>Ledger records excluded</h2><ul>{excluded}</ul>
+<h2>Reproduce</h2>
+<p>Tool {e(body['tool'])} {e(body['tool_version'])}, generated {e(body['generated_at'])}, parameters
+<code>{e(json.dumps(body['parameters'], sort_keys=True))}</code>:</p><pre>{e(body['command'])}</pre>
+<p>The signed JSON twin of this report lies beside it (same name, <code>.json</code>); the ledger's public
+key:</p><pre>{e(body['ledger_public_key_pem'])}</pre>
+</body></html>
+"""
