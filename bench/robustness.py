@@ -2,8 +2,10 @@
 
     python bench/robustness.py [--users 20] [--out bench-out]
 
-Issues models to --users users through the real pipeline (embedded adapters), then attacks each user's
-decrypted model. Per attack: the attacked accuracy on the user's held-out data; whether it stays within 5
+Issues models to --users users through the real pipeline (embedded adapters), adds to each the anchor's mark
+(watermark/baseline.py: Uchida-style, per-user key, 256 bits, in the first layer), then attacks each user's
+model. Both detectors judge the same attacked file: ours (aligned, informed, accusing at alpha / M) and the
+anchor's (sign extraction, binomial tail, accusing at the same alpha / M). Per attack: the attacked accuracy on the user's held-out data; whether it stays within 5
 points (only then does the attack count); the true user's rank and p-value; whether the true user was accused
 at alpha 1e-9; how many innocents were. Collusion: groups of k users pooling their models. Null trials: every
 issued model scored against never-issued codewords (at least 10,000 pairs), plus models never issued (the base
@@ -43,11 +45,17 @@ from infra.settings import Settings  # noqa: E402
 from watermark import attacks  # noqa: E402
 from watermark.align import align  # noqa: E402
 from watermark.attacks import Weights  # noqa: E402
+from watermark.baseline import UchidaMark  # noqa: E402
 from watermark.detect import weighted_residual, z_scores  # noqa: E402
 from watermark.reader import ReadModel, read_tflite  # noqa: E402
 from watermark.verify import verify  # noqa: E402
 
 TIER = 0.05
+
+
+def held(user: str) -> tuple[np.ndarray, np.ndarray]:
+    data = userdata.for_user(user).held_out
+    return data.x, data.y
 
 
 def issue(users: int, workdir: Path):
@@ -108,15 +116,26 @@ def main() -> None:
     rng = np.random.default_rng(2026)
     workdir = Path(tempfile.mkdtemp(prefix="iml-robustness-"))
     started = time.perf_counter()
-    ports, models = issue(args.users, workdir)
-    print(f"issued {len(models)} models in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    ports, issued = issue(args.users, workdir)
+    print(f"issued {len(issued)} models in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    marks = {user: UchidaMark(user, w.kernels[0].size) for user, w in issued.items()}
+    models = {user: Weights([marks[user].embed(w.kernels[0])] + w.kernels[1:], w.biases)
+              for user, w in issued.items()}
+    baseline_threshold = 1e-9 / len(models)
+
+    def anchor_accuses(attacked: Weights) -> set[str]:
+        return {u for u, mark in marks.items() if mark.p_value(attacked.kernels[0]) <= baseline_threshold}
+
+    fidelity = [issued[u].accuracy(*held(u)) - models[u].accuracy(*held(u)) for u in models]
+    print(f"the anchor's mark costs {100 * statistics.mean(fidelity):.2f} accuracy points on average",
+          file=sys.stderr)
 
     def judge(read: ReadModel):
         return verify(read, "-", ports.ledger, ports.kms, ports.models, top=len(models))
 
     rows = defaultdict(list)
     for user, original in models.items():
-        x, y = userdata.for_user(user).held_out.x, userdata.for_user(user).held_out.y
+        x, y = held(user)
         baseline = original.accuracy(x, y)
         for family, strength, attack in weight_attacks(rng):
             attacked, read = as_weights(attack(original, user))
@@ -124,18 +143,20 @@ def main() -> None:
             verdict = judge(read)
             ranked = [c.user_id for c in verdict.candidates]
             true = next((c for c in verdict.candidates if c.user_id == user), None)
+            anchor = anchor_accuses(attacked)
             rows[(family, strength)].append({
                 "drop": baseline - accuracy, "counts": accuracy >= baseline - TIER,
                 "rank": ranked.index(user) + 1 if user in ranked else len(models),
                 "p": true.p_value if true else 1.0, "right": user in verdict.accused,
                 "innocents": len([a for a in verdict.accused if a != user]),
+                "anchor_right": user in anchor, "anchor_innocents": len(anchor - {user}),
             })
         print(f"attacked {user}", file=sys.stderr)
 
     table = Table(title=f"Fingerprint robustness: {len(models)} users, alpha 1e-9 (an attack counts within "
                         f"{int(TIER * 100)} points)")
     for column in ("attack", "strength", "acc. drop (mean)", "counted", "right user accused", "median rank",
-                   "median p (true user)", "innocents accused"):
+                   "median p (true user)", "innocents accused", "anchor: right accused", "anchor: innocents"):
         table.add_column(column, justify="left" if column in ("attack", "strength") else "right")
     for (family, strength), results in rows.items():
         counted = [r for r in results if r["counts"]]
@@ -144,29 +165,34 @@ def main() -> None:
                       f"{sum(r['right'] for r in counted)}/{len(counted)}" if counted else "-",
                       f"{statistics.median(r['rank'] for r in counted):.0f}" if counted else "-",
                       f"{statistics.median(r['p'] for r in counted):.2g}" if counted else "-",
-                      str(sum(r["innocents"] for r in results)))
+                      str(sum(r["innocents"] for r in results)),
+                      f"{sum(r['anchor_right'] for r in counted)}/{len(counted)}" if counted else "-",
+                      str(sum(r["anchor_innocents"] for r in results)))
     Console(width=160).print(table)
 
     collusion = Table(title="Collusion: k users pool their models (5 groups each)")
     for column in ("k", "how", "acc. drop (mean)", "some colluder accused", "all colluders accused",
-                   "innocents accused"):
+                   "innocents accused", "anchor: some colluder", "anchor: innocents"):
         collusion.add_column(column, justify="right")
     users = list(models)
     for k in (k for k in (2, 3, 5, 8) if k <= len(users)):
         for how in ("mean", "median", "interleave"):
-            some = every = innocents = 0
+            some = every = innocents = anchor_some = anchor_innocents = 0
             drops = []
             for _ in range(5):
                 group = list(rng.choice(users, size=k, replace=False))
                 pooled = attacks.collude([models[u] for u in group], how, rng)
-                x, y = userdata.for_user(group[0]).held_out.x, userdata.for_user(group[0]).held_out.y
+                x, y = held(group[0])
                 drops.append(models[group[0]].accuracy(x, y) - pooled.accuracy(x, y))
                 accused = set(judge(ReadModel("weights", pooled.kernels, pooled.biases)).accused)
                 some += bool(accused & set(group))
                 every += set(group) <= accused
                 innocents += len(accused - set(group))
+                anchor = anchor_accuses(pooled)
+                anchor_some += bool(anchor & set(group))
+                anchor_innocents += len(anchor - set(group))
             collusion.add_row(str(k), how, f"{100 * statistics.mean(drops):.1f} pts", f"{some}/5", f"{every}/5",
-                              str(innocents))
+                              str(innocents), f"{anchor_some}/5", str(anchor_innocents))
     Console(width=160).print(collusion)
 
     null_trials(ports, models, args.out, rng)

@@ -41,3 +41,15 @@ def test_the_threshold_bounds_any_false_accusation_by_alpha():
 
 def test_an_empty_residual_scores_zero():
     assert np.all(z_scores(np.zeros(100), [b"a", b"b"], workers=1) == 0)
+
+
+def test_the_anchor_watermark_reads_its_own_user_and_falls_to_a_permutation():
+    """The Uchida-style baseline the robustness bench compares against behaves as the literature says."""
+    from watermark.baseline import UchidaMark
+
+    kernel = RNG.normal(0.0, 0.1, (64, 128))
+    mark = UchidaMark("alice", kernel.size)
+    marked = mark.embed(kernel)
+    assert mark.p_value(marked) < 1e-20
+    assert UchidaMark("bob", kernel.size).p_value(marked) > 1e-3
+    assert mark.p_value(marked[:, RNG.permutation(128)]) > 1e-3
