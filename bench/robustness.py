@@ -223,6 +223,7 @@ def null_trials(ports, models: dict[str, Weights], out: Path, rng: np.random.Gen
         print(f"  share of z >= {t}: {np.mean(null_z >= t):.5f}  (bound exp(-z^2/2) = {math.exp(-t * t / 2):.5f})")
     for name, accused in accusations.items():
         print(f"never issued, {name}: accused {accused or 'nobody'}")
+    np.save(out / "null-scores.npy", null_z)
     plot(null_z, out / "null-scores.png")
 
 
@@ -233,9 +234,10 @@ def plot(null_z: np.ndarray, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     grid = np.linspace(0, max(6.0, null_z.max() + 0.5), 200)
-    survival = [np.mean(null_z >= t) for t in grid]
+    survival = np.array([np.mean(null_z >= t) for t in grid])
+    observed = survival > 0  # past the largest score there is nothing to plot, not a share of 0 drawn as a floor
     figure, axis = plt.subplots(figsize=(7, 4))
-    axis.semilogy(grid, np.maximum(survival, 1e-6), label=f"innocent codewords, {null_z.size} pairs: P(z >= t)")
+    axis.semilogy(grid[observed], survival[observed], label=f"innocent codewords, {null_z.size} pairs: P(z >= t)")
     axis.semilogy(grid, np.exp(-grid ** 2 / 2), "--", label="Hoeffding bound exp(-t²/2)")
     axis.set_xlabel("t")
     axis.set_ylabel("share of scores at or above t")
