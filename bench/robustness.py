@@ -93,6 +93,7 @@ def weight_attacks(rng: np.random.Generator):
     table += [("tflite", q, lambda w, u, q=q: attacks.to_tflite(w, q, userdata.for_user(u).train.x[:100]))
               for q in ("float16", "dynamic", "int8")]
     table += [("fine-tune", f"{e} ep, lr {r}", fine(e, r)) for e in (1, 5, 20) for r in (1e-3, 1e-2)]
+    table += [("weight shift", f"{f} sd", lambda w, u, f=f: attacks.weight_shift(w, f)) for f in (0.05, 0.1, 0.2)]
     table += [("permute+scale", "0.5-2x", lambda w, u: attacks.permute_and_scale(w, rng))]
     table += [("dummy neurons", f"+{int(x * 100)}%", lambda w, u, x=x: attacks.permute_and_scale(
         attacks.dummy_neurons(w, x, rng), rng)) for x in (0.1, 0.3, 0.5)]

@@ -79,6 +79,7 @@ RNG = np.random.default_rng(7)
 @pytest.mark.parametrize("name, attack", [
     ("noise 0.1", lambda w: attacks.gaussian_noise(w, 0.1, RNG)),
     ("prune 30%", lambda w: attacks.magnitude_prune(w, 0.3)),
+    ("weight shift 0.05 sd", lambda w: attacks.weight_shift(w, 0.05)),
     ("permute and rescale", lambda w: attacks.permute_and_scale(w, RNG)),
     ("dummy neurons +50%, permuted", lambda w: attacks.permute_and_scale(attacks.dummy_neurons(w, 0.5, RNG), RNG)),
 ])

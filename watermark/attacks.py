@@ -34,6 +34,12 @@ def gaussian_noise(w: Weights, sigma: float, rng: np.random.Generator) -> Weight
     return Weights([k + rng.normal(0.0, sigma * np.std(k), k.shape) for k in w.kernels], list(w.biases))
 
 
+def weight_shift(w: Weights, fraction: float) -> Weights:
+    """Move every weight of a layer by the same amount, `fraction` x the layer's spread: a shift the
+    detector's residual cannot tell from signal, and that a network tolerates while it is small."""
+    return Weights([k + fraction * np.std(k) for k in w.kernels], list(w.biases))
+
+
 def magnitude_prune(w: Weights, fraction: float) -> Weights:
     """Zero the `fraction` of each kernel's weights with the smallest magnitude."""
     pruned = []
