@@ -56,3 +56,23 @@ def gcs_emulator():
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+@contextmanager
+def pubsub_emulator(data_dir):
+    """The official Pub/Sub emulator (gcloud beta emulators pubsub start); yields host:port."""
+    import shutil
+
+    gcloud = shutil.which("gcloud")
+    require(gcloud is not None and shutil.which("java") is not None, "the Pub/Sub emulator (gcloud, Java)",
+            "install the Google Cloud CLI with its pubsub-emulator component and a Java runtime")
+    port = free_port()
+    process = subprocess.Popen([gcloud, "beta", "emulators", "pubsub", "start", f"--host-port=127.0.0.1:{port}",
+                                f"--data-dir={data_dir}", "--quiet"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_port(port, process, seconds=60)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(process.pid, 15)  # gcloud starts the emulator's Java process as its child
+        process.wait(timeout=20)
