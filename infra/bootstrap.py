@@ -47,7 +47,28 @@ def build_kms(settings: Settings) -> Kms:
     return LocalKms(settings.workdir.resolve() / "kms" / "local-keys.json")
 
 
+def gcp_ports(settings: Settings, clock: Callable[[], datetime] = utc_now) -> Ports:
+    """Cloud Storage buckets and Pub/Sub topics (the clients honour the emulators' *_EMULATOR_HOST)."""
+    from google.cloud import pubsub_v1, storage  # the cloud clients load only where they are used
+
+    from infra.gcs_storage import GcsBlobStore
+    from infra.pubsub_bus import PubSubBus
+
+    client = storage.Client(project=settings.project)
+    stores = {role: GcsBlobStore(client, bucket) for role, bucket in settings.buckets.items()}
+    kms = build_kms(settings)
+    return Ports(
+        settings=settings,
+        staging=stores["staging"],
+        delivery=stores["delivery"],
+        models=stores["models"],
+        state=stores["state"],
+        ledger=Ledger(stores["evidence"], kms),
+        kms=kms,
+        bus=PubSubBus(pubsub_v1.PublisherClient(), settings.project),
+        clock=clock,
+    )
+
+
 def build_ports(settings: Settings, clock: Callable[[], datetime] = utc_now) -> Ports:
-    if settings.backend == "local":
-        return local_ports(settings, clock)
-    raise ValueError(f"no adapters for backend {settings.backend!r}")  # Settings validates the name first
+    return gcp_ports(settings, clock) if settings.backend == "gcp" else local_ports(settings, clock)

@@ -2,7 +2,9 @@
 
 | variable | meaning | default |
 |---|---|---|
-| IML_BACKEND | which adapters to wire: `local` (folders, in-process bus, key file) | local |
+| IML_BACKEND | `local` (folders, in-process bus) or `gcp` (Cloud Storage, Pub/Sub) | local |
+| IML_PROJECT | with `gcp`: the Google Cloud project of the topics | GOOGLE_CLOUD_PROJECT |
+| IML_STAGING_BUCKET, IML_DELIVERY_BUCKET, IML_MODELS_BUCKET, IML_EVIDENCE_BUCKET, IML_STATE_BUCKET | with `gcp`: the five buckets (staging, sealed models, base models, the ledger, step markers) | |
 | IML_WORKDIR | root folder of the local adapters | ./iml-work |
 | IML_URL_TTL_MINUTES | lifetime of a download URL (1 to 10080) | 15 |
 | IML_MODEL_MAX_AGE_MINUTES | age after which expire deletes a delivered model | 60 |
@@ -23,7 +25,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Mapping
 
-BACKENDS = ("local",)
+BACKENDS = ("local", "gcp")
+BUCKETS = ("IML_STAGING_BUCKET", "IML_DELIVERY_BUCKET", "IML_MODELS_BUCKET", "IML_EVIDENCE_BUCKET",
+           "IML_STATE_BUCKET")
 KMS_KINDS = ("local", "cloud")
 CLOUD_KMS_KEYS = ("IML_KMS_WRAP_KEY", "IML_KMS_SIGNING_KEY_VERSION", "IML_KMS_FINGERPRINT_KEY_VERSION")
 MAX_URL_TTL_MINUTES = 7 * 24 * 60  # the V4 signed URL limit
@@ -63,6 +67,8 @@ class Settings:
     kms: str = "local"
     cloud_kms_keys: tuple[str, str, str] | None = None  # wrap key, signing key version, fingerprint key version
     kms_endpoint: str | None = None
+    project: str | None = None
+    buckets: dict[str, str] | None = None  # with gcp: staging, delivery, models, evidence, state
 
     @property
     def topics(self) -> Topics:
@@ -74,6 +80,13 @@ class Settings:
         backend = env.get("IML_BACKEND", "local")
         if backend not in BACKENDS:
             raise SettingsError(f"IML_BACKEND must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        project, buckets = None, None
+        if backend == "gcp":
+            project = env.get("IML_PROJECT") or env.get("GOOGLE_CLOUD_PROJECT")
+            missing = [name for name in BUCKETS if not env.get(name)] + ([] if project else ["IML_PROJECT"])
+            if missing:
+                raise SettingsError(f"IML_BACKEND=gcp needs {', '.join(missing)}")
+            buckets = {name.split("_")[1].lower(): env[name] for name in BUCKETS}
         kms = env.get("IML_KMS", "local")
         if kms not in KMS_KINDS:
             raise SettingsError(f"IML_KMS must be one of {', '.join(KMS_KINDS)}, got {kms!r}")
@@ -84,6 +97,8 @@ class Settings:
                 raise SettingsError(f"IML_KMS=cloud needs {', '.join(missing)}")
             cloud_kms_keys = tuple(env[name] for name in CLOUD_KMS_KEYS)
         return cls(
+            project=project,
+            buckets=buckets,
             kms=kms,
             cloud_kms_keys=cloud_kms_keys,
             kms_endpoint=env.get("IML_KMS_ENDPOINT") or None,
