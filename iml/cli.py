@@ -61,39 +61,40 @@ def demo(users: int, workdir: Path, as_json: bool) -> None:
 
 @main.command("verify")
 @click.argument("model_file", type=click.Path(exists=True, path_type=Path))
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="The workdir of the pipeline that issued the models (its ledger, keys and base model).")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+              help="The workdir of a local pipeline that issued the models (its ledger, keys and base model).")
+@click.option("--ledger", "ledger_uri", metavar="URI",
+              help="The ledger instead: gs://BUCKET or a folder; the base models and the keys come from the "
+                   "IML_* environment variables, as the functions read them.")
 @click.option("--alpha", type=click.FloatRange(1e-300, 0.5), default=1e-9, show_default=True,
               help="Bound on the probability of accusing any innocent user.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the evidence report here (HTML), with its KMS-signed JSON twin beside it (.json).")
-def verify_command(model_file: Path, workdir: Path, alpha: float, as_json: bool, report_path: Path | None) -> None:
+def verify_command(model_file: Path, workdir: Path | None, ledger_uri: str | None, alpha: float, as_json: bool,
+                   report_path: Path | None) -> None:
     """Name the user a leaked MODEL_FILE (.tflite in any quantization, .keras, or a SavedModel folder) was issued
     to. Exit 0: someone accused; 1: nobody; 2: error."""
-    from infra.bootstrap import local_ports
-    from infra.errors import ObjectMissing
-    from infra.settings import Settings
+    from infra.errors import ObjectMissing, TransientError
     from watermark.reader import read_model
     from watermark.verify import IncompatibleModel, NoLedger, UnreadableModel, verify
 
-    if not (workdir / "kms" / "local-keys.json").is_file():
-        _fail(f"{workdir} holds no pipeline keys: point --workdir at the folder `iml demo` used")
-    ports = local_ports(Settings(workdir=workdir))
+    ports = _verifier_ports(workdir, ledger_uri)
     with Progress(TextColumn("ranking"), BarColumn(), MofNCompleteColumn(), console=err,
                   transient=True, disable=as_json) as bars:
         task = bars.add_task("rank", total=None)
         try:
             verdict = verify(read_model(model_file), _sha256_of(model_file), ports.ledger, ports.kms, ports.models,
                              alpha=alpha, progress=lambda done, total: bars.update(task, completed=done, total=total))
-        except (UnreadableModel, IncompatibleModel, NoLedger, ObjectMissing) as error:
+        except (UnreadableModel, IncompatibleModel, NoLedger, ObjectMissing, TransientError) as error:
             _fail(str(error))
     if report_path:
         from watermark.report import write_report
 
-        command = f"iml verify {model_file} --workdir {workdir} --alpha {alpha} --report {report_path}"
+        source = f"--ledger {ledger_uri}" if ledger_uri else f"--workdir {workdir}"
+        command = f"iml verify {model_file} {source} --alpha {alpha} --report {report_path}"
         written = write_report(verdict, report_path, ports.kms, file_name=model_file.name, command=command,
-                               parameters={"alpha": alpha, "workdir": str(workdir)})
+                               parameters={"alpha": alpha, "ledger": ledger_uri or str(workdir)})
         err.print(f"evidence report: {written[0]} (signed twin: {written[1]})")
     if as_json:
         click.echo(json.dumps(verdict.to_dict(), indent=2))
@@ -170,6 +171,40 @@ def seal_command(model: Path, device_pub: Path, user_id: str, model_id: str, out
     except (PermanentError, ValueError) as error:
         _fail(str(error))
     click.echo(f"sealed {header.plaintext_size} bytes for {user_id} ({header.chunk_count} chunks) -> {out}")
+
+
+def _verifier_ports(workdir: Path | None, ledger_uri: str | None):
+    """The ports the verifier reads: a local workdir's, or the environment's with the ledger at `ledger_uri`."""
+    from dataclasses import replace
+
+    from infra.bootstrap import build_ports, local_ports
+    from infra.ledger import Ledger
+    from infra.settings import Settings, SettingsError
+
+    if (workdir is None) == (ledger_uri is None):
+        _fail("give either --workdir DIR or --ledger URI")
+    if workdir is not None:
+        if not (workdir / "kms" / "local-keys.json").is_file():
+            _fail(f"{workdir} holds no pipeline keys: point --workdir at the folder `iml demo` used")
+        return local_ports(Settings(workdir=workdir))
+    try:
+        ports = build_ports(Settings.from_env())
+    except SettingsError as error:
+        _fail(f"--ledger takes the base models and keys from the environment: {error}")
+    if ledger_uri.startswith("gs://"):
+        from google.cloud import storage
+
+        from infra.gcs_storage import GcsBlobStore
+
+        store = GcsBlobStore(storage.Client(project=ports.settings.project), ledger_uri[len("gs://"):].strip("/"))
+    else:
+        from infra.local_storage import LocalBlobStore
+
+        folder = Path(ledger_uri.removeprefix("file://"))
+        if not folder.is_dir():
+            _fail(f"--ledger {ledger_uri}: no such folder (use gs://BUCKET or a folder of ledger records)")
+        store = LocalBlobStore(folder)
+    return replace(ports, ledger=Ledger(store, ports.kms))
 
 
 def _sha256_of(path: Path) -> str:

@@ -128,3 +128,22 @@ def _base_kernels(issued: Issued) -> list[np.ndarray]:
     from functions import base_model
 
     return base_model.load_kernels(issued.ports.models)
+
+
+@pytest.mark.parametrize("form", ["keras", "savedmodel"])
+def test_a_leak_handed_over_as_keras_or_savedmodel_is_traced(issued, tmp_path, form):
+    import contextlib
+    import io
+
+    from watermark.reader import read_model
+
+    keras_model = attacks.to_keras(issued.models["alice"])
+    path = tmp_path / ("model.keras" if form == "keras" else "saved")
+    with contextlib.redirect_stdout(io.StringIO()):
+        keras_model.save(path) if form == "keras" else keras_model.export(path)
+    read = read_model(path)
+    assert read.format == form
+    for got, want in zip(read.kernels, issued.models["alice"].kernels, strict=True):
+        assert np.allclose(got, want, atol=1e-6)
+    verdict = verify(read, "-", issued.ports.ledger, issued.ports.kms, issued.ports.models)
+    assert verdict.accused == ["alice"]

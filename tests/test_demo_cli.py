@@ -169,3 +169,49 @@ def test_the_evidence_report_renders_and_its_signed_twin_verifies(demo, tmp_path
 
     assert count((0xD6, 0x27, 0x28)) > 100, "the threshold line of the plot is not on screen"
     assert count((0x2C, 0xA0, 0x2C)) > 100, "the accused model's mark is not on screen"
+
+
+def test_verify_reads_a_ledger_from_a_bucket(demo, tmp_path):
+    """--ledger gs://BUCKET: the records in Cloud Storage (the emulator), the keys and base model from IML_*."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    from tests.emulators import gcs_emulator
+
+    report, workdir, _ = demo
+    with gcs_emulator() as (endpoint, _):
+        client = storage.Client(project="iml-test", credentials=AnonymousCredentials(),
+                                client_options={"api_endpoint": endpoint})
+        bucket = client.create_bucket("iml-evidence")
+        records = workdir / "buckets" / "evidence"
+        for path in records.rglob("*.json"):
+            bucket.blob(path.relative_to(records).as_posix()).upload_from_filename(path)
+        env = {**os.environ, "STORAGE_EMULATOR_HOST": endpoint, "IML_WORKDIR": str(workdir),
+               "GOOGLE_CLOUD_PROJECT": "iml-test"}
+        done = subprocess.run([sys.executable, "-m", "iml", "verify", report["leak"]["file"], "--ledger",
+                               "gs://iml-evidence", "--json"], cwd=ROOT, capture_output=True, text=True, env=env,
+                              timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["accused"] == [report["leak"]["leaked_user"]]
+    neither = iml("verify", report["leak"]["file"])
+    assert neither.returncode == 2 and "either --workdir DIR or --ledger URI" in neither.stderr
+
+
+def test_verify_refuses_another_architecture_and_an_empty_ledger(demo, tmp_path):
+    from watermark import attacks
+    from watermark.attacks import Weights
+
+    report, workdir, _ = demo
+    rng = np.random.default_rng(0)
+    other = Weights([rng.normal(size=(64, 40)), rng.normal(size=(40, 10))], [np.zeros(40), np.zeros(10)])
+    other_file = tmp_path / "other.tflite"
+    other_file.write_bytes(attacks.to_tflite(other))
+    shallow = iml("verify", str(other_file), "--workdir", str(workdir))
+    assert shallow.returncode == 2 and "the model has 2 dense layers, the base model 3" in shallow.stderr
+
+    empty = tmp_path / "empty-ledger"
+    empty.mkdir()
+    env_run = subprocess.run([sys.executable, "-m", "iml", "verify", report["leak"]["file"], "--ledger", str(empty)],
+                             cwd=ROOT, capture_output=True, text=True, timeout=120,
+                             env={**os.environ, "IML_WORKDIR": str(workdir)})
+    assert env_run.returncode == 2 and "holds no record of an issued model" in env_run.stderr
