@@ -93,13 +93,15 @@ def main() -> None:
     _, s, e = timed(lambda: [aes.encrypt(os.urandom(12), tflite, None) for _ in range(repeats)])
     rows.append((f"reference: raw AES-256-GCM of one {len(tflite) // 1024} KiB model", repeats, e - s,
                  (e - s) / repeats, [(s, e)]))
+    from infra.settings import Settings
     from watermark.codeword import expand
     from watermark.embed import codeword_length, embed
 
     base = model.load_or_train_base(store)
     kernels = model.kernels(base)
     repeats = 100
-    _, s, e = timed(lambda: [embed(kernels, kernels, expand(os.urandom(32), codeword_length(kernels)), 0.04)
+    _, s, e = timed(lambda: [embed(kernels, kernels, expand(os.urandom(32), codeword_length(kernels)),
+                                   Settings().watermark_strength)
                              for _ in range(repeats)])
     rows.append(("fingerprint embedding alone (codeword + add)", repeats, e - s, (e - s) / repeats, [(s, e)]))
     data = userdata.for_user("bench-reference").train

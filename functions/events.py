@@ -136,8 +136,17 @@ class Ready:
 
 @dataclass(frozen=True)
 class ExpireTick:
+    """The hourly tick; or, naming a deleted user, the order to delete every model of theirs now."""
+
     reason: str | None = None
+    deleted_user_id: str | None = None
 
     @classmethod
     def parse(cls, data: object) -> "ExpireTick":
-        return cls(validate("expire", data).get("reason"))
+        valid = validate("expire", data)
+        return cls(valid.get("reason"), valid.get("deleted_user_id"))
+
+    def to_dict(self) -> dict:
+        out = {"schema_version": SCHEMA_VERSION}
+        out |= {k: v for k, v in asdict(self).items() if v is not None}
+        return out

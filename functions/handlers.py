@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 
-from functions import base_model, userdata
+from functions import base_model, userdata, users
 from functions.events import ExpireTick, ModelEvent, Ready, Signup, decode_device_key
 from infra.envelope import public_key_bytes, seal_bytes
 from infra.errors import ObjectMissing
@@ -24,6 +24,7 @@ log = get_logger("iml.steps")
 def generate(signup: Signup, ports: Ports) -> ModelEvent:
     from functions import model
 
+    users.admit(signup.user_id, signup.model_id, ports)
     base = model.load_or_train_base(ports.models)
     tuned = model.fine_tune(base, userdata.for_user(signup.user_id).train, signup.user_id)
     artifact = f"generated/{signup.model_id}.keras"
@@ -98,6 +99,9 @@ def encrypt(event: ModelEvent, ports: Ports) -> ModelEvent:
 
 
 def publish(event: ModelEvent, ports: Ports) -> Ready:
+    if ports.state.exists(f"users/{event.user_id}/deleted"):  # deleted while its model was on the way
+        ports.delivery.delete(event.artifact)
+        users.refuse_deleted(event.user_id, ports)
     if not ports.delivery.exists(event.artifact):
         raise ObjectMissing(f"delivered model {event.artifact!r} is gone (expired before publication?)")
     ttl = ports.settings.url_ttl
@@ -113,8 +117,12 @@ def publish(event: ModelEvent, ports: Ports) -> Ready:
 
 
 def expire(tick: ExpireTick, ports: Ports) -> None:
-    """Delete delivered models and leftover staging objects older than their TTL; record each deletion."""
+    """Delete delivered models and leftover staging objects older than their TTL; record each deletion.
+    A tick naming a deleted user deletes every model of that user at once, whatever its age."""
     now = ports.clock()
+    if tick.deleted_user_id:
+        _delete_user(tick.deleted_user_id, ports, now)
+        return
     deleted = _expire_area(ports, ports.delivery, ports.settings.model_max_age, "expired", now)
     deleted += _expire_area(ports, ports.staging, ports.settings.staging_max_age, "staging-expired", now)
     log.info("expiry done", deleted=deleted, reason=tick.reason)
@@ -136,3 +144,16 @@ def _expire_area(ports: Ports, store: BlobStore, max_age, kind: str, now: dateti
         deleted += 1
     return deleted
 
+
+
+def _delete_user(user_id: str, ports: Ports, now: datetime) -> None:
+    model_ids = users.mark_deleted(user_id, ports)
+    leftovers = {}
+    for info in ports.staging.list():
+        leftovers.setdefault(info.name.rpartition("/")[2].split(".", 1)[0], []).append(info.name)
+    for model_id in model_ids:
+        objects = [name for name in [f"{model_id}.iml"] if ports.delivery.delete(name)]
+        objects += [name for name in leftovers.get(model_id, []) if ports.staging.delete(name)]
+        ports.ledger.append("user-deleted", model_id,
+                            {"user_id": user_id, "objects_deleted": objects, "deleted_at": now.isoformat()}, now)
+    log.info("user deleted", models=len(model_ids))

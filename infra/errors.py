@@ -36,5 +36,13 @@ class ObjectMissing(PermanentError):
     """An object an event refers to does not exist (already consumed or expired)."""
 
 
+class RequestLimitExceeded(PermanentError):
+    """The user already has as many models as the per-user limit allows within its period."""
+
+
+class UserDeleted(PermanentError):
+    """The user was deleted: nothing more is made or published for them."""
+
+
 class TransientError(Exception):
     """A dependency is unavailable; the delivery fails so that it is retried."""

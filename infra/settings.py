@@ -1,21 +1,7 @@
 """Settings, read once from environment variables (the same names locally and in the cloud).
 
-| variable | meaning | default |
-|---|---|---|
-| IML_BACKEND | `local` (folders, in-process bus) or `gcp` (Cloud Storage, Pub/Sub) | local |
-| IML_PROJECT | with `gcp`: the Google Cloud project of the topics | GOOGLE_CLOUD_PROJECT |
-| IML_STAGING_BUCKET, IML_DELIVERY_BUCKET, IML_MODELS_BUCKET, IML_EVIDENCE_BUCKET, IML_STATE_BUCKET | with `gcp`: the five buckets (staging, sealed models, base models, the ledger, step markers) | |
-| IML_WORKDIR | root folder of the local adapters | ./iml-work |
-| IML_URL_TTL_MINUTES | lifetime of a download URL (1 to 10080) | 15 |
-| IML_MODEL_MAX_AGE_MINUTES | age after which expire deletes a delivered model | 60 |
-| IML_STAGING_MAX_AGE_MINUTES | age after which expire deletes a leftover staging object | 60 |
-| IML_TOPIC_PREFIX | prefix of every topic name | iml- |
-| IML_WATERMARK_STRENGTH | fingerprint amplitude, relative to each layer's weight spread | 0.04 |
-| IML_KMS | `local` (a key file under the workdir) or `cloud` (Cloud KMS) | local |
-| IML_KMS_WRAP_KEY | with `cloud`: the symmetric key that wraps staging data keys (…/cryptoKeys/NAME) | |
-| IML_KMS_SIGNING_KEY_VERSION | with `cloud`: the EC_SIGN_P256_SHA256 key version signing the ledger | |
-| IML_KMS_FINGERPRINT_KEY_VERSION | with `cloud`: the HMAC_SHA256 key version behind the fingerprints | |
-| IML_KMS_ENDPOINT | with `cloud`: host:port of a local stand-in instead of Google's endpoint | |
+Every variable, its meaning and default is in the one table in README.md ("Entry points and settings");
+tests/test_infra.py keeps that table and this module in step.
 """
 from __future__ import annotations
 
@@ -63,7 +49,9 @@ class Settings:
     model_max_age: timedelta = timedelta(minutes=60)
     staging_max_age: timedelta = timedelta(minutes=60)
     topic_prefix: str = "iml-"
-    watermark_strength: float = 0.04
+    user_model_limit: int = 5
+    user_limit_period: timedelta = timedelta(hours=24)
+    watermark_strength: float = 0.08
     kms: str = "local"
     cloud_kms_keys: tuple[str, str, str] | None = None  # wrap key, signing key version, fingerprint key version
     kms_endpoint: str | None = None
@@ -108,7 +96,9 @@ class Settings:
             model_max_age=timedelta(minutes=_int(env, "IML_MODEL_MAX_AGE_MINUTES", 60, 1, 10**6)),
             staging_max_age=timedelta(minutes=_int(env, "IML_STAGING_MAX_AGE_MINUTES", 60, 1, 10**6)),
             topic_prefix=env.get("IML_TOPIC_PREFIX", "iml-"),
-            watermark_strength=_float(env, "IML_WATERMARK_STRENGTH", 0.04, 0.0, 1.0),
+            user_model_limit=_int(env, "IML_USER_MODEL_LIMIT", 5, 1, 10**6),
+            user_limit_period=timedelta(hours=_int(env, "IML_USER_LIMIT_PERIOD_HOURS", 24, 1, 24 * 366)),
+            watermark_strength=_float(env, "IML_WATERMARK_STRENGTH", 0.08, 0.0, 1.0),
         )
 
 

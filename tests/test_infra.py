@@ -3,8 +3,10 @@ only its owner reads, a ledger that reports tampering, staging that never rests 
 from __future__ import annotations
 
 import json
+import re
 import stat
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
@@ -118,6 +120,8 @@ def test_ledger_records_once_and_reports_tampering(tmp_path, clock):
         ({"IML_URL_TTL_MINUTES": "20000"}, "IML_URL_TTL_MINUTES must be between 1 and 10080"),
         ({"IML_MODEL_MAX_AGE_MINUTES": "soon"}, "IML_MODEL_MAX_AGE_MINUTES must be a whole number"),
         ({"IML_WATERMARK_STRENGTH": "0"}, "IML_WATERMARK_STRENGTH must be in"),
+        ({"IML_USER_MODEL_LIMIT": "0"}, "IML_USER_MODEL_LIMIT must be between 1 and"),
+        ({"IML_USER_LIMIT_PERIOD_HOURS": "a day"}, "IML_USER_LIMIT_PERIOD_HOURS must be a whole number"),
     ],
 )
 def test_bad_settings_name_the_variable(env, message):
@@ -130,3 +134,16 @@ def test_settings_from_environment():
     assert settings.url_ttl == timedelta(minutes=5)
     assert settings.topics.signup == "t-signup" and settings.topics.dead_letter == "t-dead-letter"
     assert str(settings.workdir) == "/w"
+
+
+def test_readme_has_one_row_for_every_setting_the_code_reads():
+    """The README's table is the one list of settings: every IML_ variable the code reads is in it."""
+    root = Path(__file__).resolve().parents[1]
+    table = re.findall(r"^\| (.+?) \|", (root / "README.md").read_text(), flags=re.MULTILINE)
+    documented = set(re.findall(r"`(IML_[A-Z_]+)`", " ".join(table)))
+    read = set()
+    for package in ("infra", "functions", "iml"):
+        for source in (root / package).rglob("*.py"):
+            read |= set(re.findall(r"\"(IML_[A-Z_]+)\"", source.read_text()))
+    assert read - documented == set(), "settings read by the code but missing from README.md's table"
+    assert documented - read == set(), "README.md documents settings the code does not read"

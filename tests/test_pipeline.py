@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
@@ -9,12 +10,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from functions import userdata
 from functions.events import Ready
-from functions.runner import STEPS, Outcome, run_step
+from functions.runner import STEPS, Outcome, run_step, subscribe_steps
 from iml import device as devices
+from infra.bootstrap import local_ports
 from infra.envelope import open_sealed_bytes
 from infra.local_storage import UrlExpired, fetch_local_url
 from infra.staging import MAGIC as STAGING_MAGIC
-from tests.conftest import make_signup
+from tests.conftest import make_signup, model_step_event
 from watermark.reader import read_tflite
 from watermark.verify import verify
 
@@ -134,3 +136,58 @@ def test_expire_deletes_what_outlived_its_ttl_and_records_it(trained_ports, trai
     assert staging_expired.record["object"] == leftover
     with pytest.raises(UrlExpired):
         fetch_local_url(ready.download_url, clock())
+
+
+def test_a_user_over_the_request_limit_is_refused_and_nothing_made(trained_ports, clock):
+    ports = local_ports(replace(trained_ports.settings, user_model_limit=2), clock)
+    subscribe_steps(ports.bus, ports)
+    key = _sign_up(ports, "alice", "req-1")
+    _sign_up(ports, "alice", "req-2", key)
+    ports.bus.drain()
+    _sign_up(ports, "alice", "req-1", key)  # a redelivery: refused as a duplicate, not counted
+    _sign_up(ports, "alice", "req-3", key)
+    _sign_up(ports, "bob", "req-1")  # other users are not held back
+    ports.bus.drain()
+
+    assert sorted(r.user_id for r in _ready(ports)) == ["alice", "alice", "bob"]
+    dead = list(ports.bus.journal(ports.settings.topics.dead_letter))
+    assert [d["error_type"] for d in dead] == ["DuplicateRequest", "RequestLimitExceeded"]
+    assert dead[1]["reason"].startswith("user 'alice' already has 2 models made in the last 24 h; the limit is 2")
+    assert len(list(ports.ledger.entries("issued"))) == 3
+
+    clock.advance(timedelta(hours=25))  # the period has passed
+    _sign_up(ports, "alice", "req-4", key)
+    ports.bus.drain()
+    assert len(_ready(ports)) == 4
+
+
+def test_a_deleted_user_loses_every_model_at_once_and_gets_no_more(trained_ports, trained_wired, clock):
+    ports = trained_ports
+    key = _sign_up(ports, "alice", "req-1")
+    _sign_up(ports, "alice", "req-2", key)
+    _sign_up(ports, "bob")
+    ports.bus.drain()
+    alice_models = {r.model_id for r in _ready(ports) if r.user_id == "alice"}
+
+    ports.bus.publish(ports.settings.topics.expire, {"schema_version": 1, "deleted_user_id": "alice"})
+    ports.bus.drain()
+
+    assert [info.name for info in ports.delivery.list()] == [f"{_ready(ports)[2].model_id}.iml"]  # bob's stays
+    deleted = list(ports.ledger.entries("user-deleted"))
+    assert {e.record["model_id"] for e in deleted} == alice_models
+    assert all(e.valid and e.record["objects_deleted"] == [f"{e.record['model_id']}.iml"] for e in deleted)
+    assert len(list(ports.ledger.entries("issued"))) == 3  # the evidence stays
+
+    _sign_up(ports, "alice", "req-3", key)
+    ports.bus.drain()
+    (dead,) = list(ports.bus.journal(ports.settings.topics.dead_letter))
+    assert dead["error_type"] == "UserDeleted" and dead["reason"] == (
+        "user 'alice' was deleted: no model is made or published for them")
+
+    # a model that was still on its way when the user was deleted is deleted at publish, never announced
+    in_flight = model_step_event(make_signup("alice", "req-0", key), "m-in-flight.iml")
+    in_flight["facts"] = {"sealed_sha256": "0" * 64, "sealed_size": 30}
+    ports.delivery.put(in_flight["artifact"], b"sealed bytes that arrived late")
+    result = run_step(STEPS["publish"], json.dumps(in_flight).encode(), ports)
+    assert result.outcome is Outcome.DEAD_LETTERED and not ports.delivery.exists(in_flight["artifact"])
+    assert len(_ready(ports)) == 3
