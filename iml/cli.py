@@ -173,6 +173,85 @@ def seal_command(model: Path, device_pub: Path, user_id: str, model_id: str, out
     click.echo(f"sealed {header.plaintext_size} bytes for {user_id} ({header.chunk_count} chunks) -> {out}")
 
 
+@main.group("dev-stack")
+def dev_stack() -> None:
+    """A local cloud: Pub/Sub and GCS emulators and one functions-framework server per step, wired as deployed."""
+
+
+STACK_DIR = click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path),
+                         default=Path(".iml-dev-stack"), show_default=True,
+                         help="Folder of the stack: its state, logs, objects and local keys.")
+
+
+@dev_stack.command("up")
+@STACK_DIR
+@click.option("--project", default="iml-dev", show_default=True, help="Project id the emulators use.")
+def dev_stack_up(folder: Path, project: str) -> None:
+    """Start the emulators and the five functions; create topics, push subscriptions and buckets."""
+    from iml.devstack import DevStackError, instructions, up
+
+    try:
+        stack = up(folder, project, say=lambda line: err.print(f"[dim]{line}[/]"))
+    except DevStackError as error:
+        _fail(str(error))
+    click.echo(instructions(stack))
+
+
+@dev_stack.command("down")
+@STACK_DIR
+def dev_stack_down(folder: Path) -> None:
+    """Stop every process `up` started, by process id. Objects and logs stay in the folder."""
+    from iml.devstack import DevStackError, down
+
+    try:
+        stopped = down(folder, say=click.echo)
+    except DevStackError as error:
+        _fail(str(error))
+    click.echo(f"dev stack in {folder.resolve()} is down ({len(stopped)} processes stopped)")
+
+
+@dev_stack.command("signup")
+@click.argument("user_id")
+@click.option("--device-key", "device_pub", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              required=True, help="The device's public key file (device.pub from `iml device keygen`).")
+@click.option("--request-id", default=None, help="The request's id (default: a fresh one).")
+@STACK_DIR
+def dev_stack_signup(user_id: str, device_pub: Path, request_id: str | None, folder: Path) -> None:
+    """Publish a signup for USER_ID to the stack's signup topic."""
+    import uuid
+
+    from functions.events import Signup
+    from iml.devstack import DevStackError, Stack, publish
+    from infra.errors import InvalidEvent
+
+    try:
+        stack = Stack.load(folder.resolve())
+        signup = Signup.parse({"schema_version": 1, "request_id": request_id or uuid.uuid4().hex,
+                               "user_id": user_id, "device_public_key": device_pub.read_text().strip()})
+        publish(stack, stack.settings().topics.signup, signup.to_dict())
+    except (DevStackError, InvalidEvent) as error:
+        _fail(str(error))
+    click.echo(f"signup {signup.request_id} of {user_id} published; model {signup.model_id} is on its way")
+
+
+@dev_stack.command("messages")
+@click.option("--wait", type=click.FloatRange(0.5, 600), default=5.0, show_default=True,
+              help="Seconds to wait for messages.")
+@STACK_DIR
+def dev_stack_messages(wait: float, folder: Path) -> None:
+    """Print (and acknowledge) the ready and dead-letter messages waiting, one JSON object per line."""
+    from iml.devstack import WATCHED, DevStackError, Stack, pull
+
+    try:
+        stack = Stack.load(folder.resolve())
+        topics = stack.settings().topics
+        for watched in WATCHED:
+            for message in pull(stack, getattr(topics, watched), timeout=wait):
+                click.echo(json.dumps({"topic": getattr(topics, watched), **message}))
+    except DevStackError as error:
+        _fail(str(error))
+
+
 def _verifier_ports(workdir: Path | None, ledger_uri: str | None):
     """The ports the verifier reads: a local workdir's, or the environment's with the ledger at `ledger_uri`."""
     from dataclasses import replace

@@ -1,6 +1,7 @@
 """The one place that decides which adapters the ports get."""
 from __future__ import annotations
 
+import os
 from datetime import datetime, timezone
 from typing import Callable
 
@@ -55,7 +56,14 @@ def gcp_ports(settings: Settings, clock: Callable[[], datetime] = utc_now) -> Po
     from infra.pubsub_bus import PubSubBus
 
     client = storage.Client(project=settings.project)
-    stores = {role: GcsBlobStore(client, bucket) for role, bucket in settings.buckets.items()}
+    signing = None
+    if settings.url_signing_key_file:  # a key file signs URLs where the runtime's identity cannot (emulators)
+        from google.oauth2 import service_account
+
+        signing = service_account.Credentials.from_service_account_file(str(settings.url_signing_key_file))
+    emulator = os.environ.get("STORAGE_EMULATOR_HOST")  # signed URLs must point where the objects are
+    stores = {role: GcsBlobStore(client, bucket, signing_credentials=signing, url_endpoint=emulator)
+              for role, bucket in settings.buckets.items()}
     kms = build_kms(settings)
     return Ports(
         settings=settings,

@@ -57,6 +57,7 @@ class Settings:
     kms_endpoint: str | None = None
     project: str | None = None
     buckets: dict[str, str] | None = None  # with gcp: staging, delivery, models, evidence, state
+    url_signing_key_file: Path | None = None
 
     @property
     def topics(self) -> Topics:
@@ -90,6 +91,7 @@ class Settings:
             kms=kms,
             cloud_kms_keys=cloud_kms_keys,
             kms_endpoint=env.get("IML_KMS_ENDPOINT") or None,
+            url_signing_key_file=Path(env["IML_URL_SIGNING_KEY_FILE"]) if env.get("IML_URL_SIGNING_KEY_FILE") else None,
             backend=backend,
             workdir=Path(env.get("IML_WORKDIR", "iml-work")),
             url_ttl=timedelta(minutes=_int(env, "IML_URL_TTL_MINUTES", 15, 1, MAX_URL_TTL_MINUTES)),

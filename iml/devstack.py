@@ -1,0 +1,353 @@
+"""A local cloud for people and tests: the Pub/Sub emulator, the GCS emulator and one functions-framework
+server per step, wired as deployed (push subscriptions with a dead-letter policy), in one folder.
+
+    iml dev-stack up      # starts everything, creates topics, subscriptions and buckets, prints what to do
+    iml dev-stack down    # stops what `up` started, by process id
+
+`<folder>/stack.json` records what runs (ports and process ids); `<folder>/logs/` holds every process's
+output; `<folder>/storage/` the GCS emulator's objects (on disk, so a restarted emulator keeps them);
+`<folder>/work/` the local key file standing in for Cloud KMS, which has no emulator.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+from infra.settings import Settings
+
+STEP_NAMES = ("generate", "watermark", "encrypt", "publish", "expire")
+ROLES = ("staging", "delivery", "models", "evidence", "state")
+TENSORFLOW_STEPS = ("generate", "watermark")  # one request at a time, as deployed (concurrency 1)
+MAX_DELIVERY_ATTEMPTS = 5
+WATCHED = ("ready", "dead_letter")  # topics with a pull subscription, for people and tests to read
+
+
+class DevStackError(RuntimeError):
+    """The stack could not start or stop; the message says what and where its log is."""
+
+
+@dataclass
+class Stack:
+    folder: Path
+    project: str
+    pubsub: str = ""  # host:port of the Pub/Sub emulator
+    storage: str = ""  # http://host:port of the GCS emulator
+    functions: dict[str, int] = field(default_factory=dict)  # step -> port
+    pids: dict[str, int] = field(default_factory=dict)  # process name -> pid, each its own process group
+    env_overrides: dict[str, str] = field(default_factory=dict)
+
+    def env(self) -> dict[str, str]:
+        """The environment of the functions, and of any client that talks to this stack."""
+        env = {"IML_BACKEND": "gcp", "IML_PROJECT": self.project, "GOOGLE_CLOUD_PROJECT": self.project,
+               "PUBSUB_EMULATOR_HOST": self.pubsub, "STORAGE_EMULATOR_HOST": self.storage, "IML_KMS": "local",
+               "IML_WORKDIR": str(self.folder / "work"),
+               "IML_URL_SIGNING_KEY_FILE": str(self.folder / "url-signing-key.json")}
+        env |= {f"IML_{role.upper()}_BUCKET": f"{self.project}-{role}" for role in ROLES}
+        return env | self.env_overrides
+
+    def settings(self) -> Settings:
+        return Settings.from_env({**os.environ, **self.env()})
+
+    def log_file(self, name: str) -> Path:
+        return self.folder / "logs" / f"{name}.log"
+
+    def save(self) -> None:
+        state = asdict(self) | {"folder": str(self.folder)}
+        (self.folder / "stack.json").write_text(json.dumps(state, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> "Stack":
+        try:
+            state = json.loads((folder / "stack.json").read_text())
+        except FileNotFoundError:
+            raise DevStackError(f"no dev stack runs in {folder} (no stack.json): start one with "
+                                f"`iml dev-stack up --dir {folder}`") from None
+        return cls(**state | {"folder": Path(state["folder"])})
+
+
+def up(folder: Path, project: str = "iml-dev", env_overrides: dict[str, str] | None = None,
+       say: Callable[[str], None] = print) -> Stack:
+    folder = folder.resolve()
+    if (folder / "stack.json").exists():
+        raise DevStackError(f"a dev stack already runs in {folder}: `iml dev-stack down --dir {folder}` first")
+    (folder / "logs").mkdir(parents=True, exist_ok=True)
+    stack = Stack(folder, project, env_overrides=dict(env_overrides or {}))
+    try:
+        say("starting the Pub/Sub emulator")
+        stack.pubsub = f"127.0.0.1:{start_pubsub_emulator(stack)}"
+        say("starting the GCS emulator")
+        stack.storage = f"http://127.0.0.1:{start_storage_emulator(stack)}"
+        _write_url_signing_key(folder / "url-signing-key.json", project)
+        with talking_to(stack):
+            _create_buckets(stack)
+            _make_kms_key_file(stack)
+            say("training the base model into the models bucket (once)")
+            _train_base_model(stack)
+            for step in STEP_NAMES:
+                say(f"starting the {step} function")
+                stack.functions[step] = start_function(stack, step)
+            _create_topics_and_subscriptions(stack)
+    except BaseException:
+        stack.save()
+        down(folder, say=lambda line: None)
+        raise
+    stack.save()
+    return stack
+
+
+def down(folder: Path, say: Callable[[str], None] = print) -> list[str]:
+    """Stop every process `up` started (by process group), forget the stack; the folder's data stays."""
+    stack = Stack.load(folder.resolve())
+    stopped = []
+    for name, pid in stack.pids.items():
+        if stop_process(pid):
+            stopped.append(name)
+            say(f"stopped {name} (pid {pid})")
+    (stack.folder / "stack.json").unlink()
+    return stopped
+
+
+def instructions(stack: Stack) -> str:
+    where = f" --dir {stack.folder}"
+    lines = [f"dev stack up in {stack.folder} (project {stack.project})",
+             f"  Pub/Sub emulator  {stack.pubsub}", f"  GCS emulator      {stack.storage}"]
+    lines += [f"  {step:<9}         http://127.0.0.1:{port}/  (log: {stack.log_file(step)})"
+              for step, port in stack.functions.items()]
+    lines += ["", "Send a signup:", "  iml device keygen --out phone",
+              f"  iml dev-stack signup alice --device-key phone/device.pub{where}",
+              "Read the ready and dead-letter messages:", f"  iml dev-stack messages{where}",
+              "Download and open the model (the URL is in the ready message):",
+              '  curl -o model.iml "DOWNLOAD_URL" && iml device open model.iml --key phone/device.key --out model.tflite',
+              "Talk to it from your own shell:"]
+    lines += [f"  export {name}={value}" for name, value in stack.env().items()
+              if name in ("PUBSUB_EMULATOR_HOST", "STORAGE_EMULATOR_HOST")]
+    lines += [f"Stop it: iml dev-stack down{where}"]
+    return "\n".join(lines)
+
+
+# ---- processes -------------------------------------------------------------------------------------------
+
+def start_pubsub_emulator(stack: Stack) -> int:
+    gcloud = shutil.which("gcloud")
+    if gcloud is None or shutil.which("java") is None:
+        raise DevStackError("the Pub/Sub emulator needs the Google Cloud CLI (with its pubsub-emulator component) "
+                            "and a Java runtime on PATH")
+    port = free_port()
+    data = stack.folder / "pubsub"
+    data.mkdir(exist_ok=True)
+    _spawn(stack, "pubsub", [gcloud, "beta", "emulators", "pubsub", "start", f"--host-port=127.0.0.1:{port}",
+                             f"--data-dir={data}", "--quiet"], port, wait_seconds=60)
+    return port
+
+
+def start_storage_emulator(stack: Stack, port: int | None = None) -> int:
+    """Objects live on disk under <folder>/storage, so stopping and starting it again loses nothing."""
+    port = port or free_port()
+    (stack.folder / "storage").mkdir(exist_ok=True)
+    _spawn(stack, "storage", [sys.executable, "-m", "gcp_storage_emulator", "start", "--port", str(port), "--quiet"], port,
+           cwd=stack.folder / "storage", env={"STORAGE_BASE": str(stack.folder / "storage")})
+    return port
+
+
+def start_function(stack: Stack, step: str) -> int:
+    from functions import main
+
+    port = free_port()
+    env = {**stack.env(), "PYTHONUNBUFFERED": "1"}
+    if step in TENSORFLOW_STEPS:
+        env["THREADS"] = "1"
+    _spawn(stack, step, [sys.executable, "-m", "functions_framework", "--source", main.__file__, "--target", step,
+                         "--signature-type", "cloudevent", "--host", "127.0.0.1", "--port", str(port)], port, env=env)
+    return port
+
+
+def stop_process(pid: int, seconds: float = 20.0) -> bool:
+    """SIGTERM to the process group, SIGKILL if it outlives `seconds`; False if it was gone already."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + seconds
+    while alive(pid):
+        if time.monotonic() > deadline:
+            os.killpg(pid, signal.SIGKILL)
+            deadline = float("inf")
+        time.sleep(0.05)
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(stack: Stack, name: str, command: list[str], port: int, *, cwd: Path | None = None,
+           env: dict[str, str] | None = None, wait_seconds: float = 30.0) -> None:
+    log = open(stack.log_file(name), "ab")
+    with log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                   cwd=cwd, env={**os.environ, **(env or {})}, start_new_session=True)
+    stack.pids[name] = process.pid
+    deadline = time.monotonic() + wait_seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise DevStackError(f"{name} exited with status {process.returncode}; see {stack.log_file(name)}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise DevStackError(f"{name} does not listen on port {port} after {wait_seconds:.0f} s; "
+                        f"see {stack.log_file(name)}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child: reap it, or it lingers as a zombie
+            return False
+    except ChildProcessError:
+        pass  # started by another process (`iml dev-stack up` earlier): no zombie of ours to reap
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# ---- resources -------------------------------------------------------------------------------------------
+
+@contextmanager
+def talking_to(stack: Stack) -> Iterator[None]:
+    """The Google clients find the emulators through environment variables: set them for a while."""
+    saved = {name: os.environ.get(name) for name in stack.env()}
+    os.environ.update(stack.env())
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def storage_client(stack: Stack):
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    return storage.Client(project=stack.project, credentials=AnonymousCredentials(),
+                          client_options={"api_endpoint": stack.storage})
+
+
+def _create_buckets(stack: Stack) -> None:
+    from google.api_core.exceptions import Conflict
+
+    client = storage_client(stack)
+    for role in ROLES:
+        try:
+            client.create_bucket(f"{stack.project}-{role}")
+        except Conflict:
+            pass  # kept from an earlier run in this folder
+
+
+def _make_kms_key_file(stack: Stack) -> None:
+    """Create the local key file before five processes race to create it."""
+    from infra.bootstrap import build_kms
+
+    build_kms(stack.settings())
+
+
+def _train_base_model(stack: Stack) -> None:
+    from functions import model
+    from infra.gcs_storage import GcsBlobStore
+
+    model.load_or_train_base(GcsBlobStore(storage_client(stack), f"{stack.project}-models"))
+
+
+def _create_topics_and_subscriptions(stack: Stack) -> None:
+    from google.api_core.exceptions import AlreadyExists
+    from google.cloud import pubsub_v1
+
+    from functions.runner import STEPS
+
+    topics = stack.settings().topics
+    publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
+    topic_path = lambda name: publisher.topic_path(stack.project, name)  # noqa: E731
+    subscription_path = lambda name: subscriber.subscription_path(stack.project, name)  # noqa: E731
+    for name in asdict(topics).values():
+        try:
+            publisher.create_topic(name=topic_path(name))
+        except AlreadyExists:
+            pass
+    requests = [{"name": subscription_path(f"{topics.ready}-watch"), "topic": topic_path(topics.ready)},
+                {"name": subscription_path(f"{topics.dead_letter}-watch"), "topic": topic_path(topics.dead_letter)}]
+    for step in STEP_NAMES:
+        requests.append({
+            "name": subscription_path(f"{stack.settings().topic_prefix}{step}"),
+            "topic": topic_path(STEPS[step].input_topic(topics)),
+            "push_config": {"push_endpoint": f"http://127.0.0.1:{stack.functions[step]}/"},
+            "ack_deadline_seconds": 600,
+            "dead_letter_policy": {"dead_letter_topic": topic_path(topics.dead_letter),
+                                   "max_delivery_attempts": MAX_DELIVERY_ATTEMPTS},
+            "retry_policy": {"minimum_backoff": {"seconds": 1}, "maximum_backoff": {"seconds": 10}},
+        })
+    for request in requests:
+        try:
+            subscriber.create_subscription(request=request)
+        except AlreadyExists:
+            pass
+
+
+def _write_url_signing_key(path: Path, project: str) -> None:
+    """A throwaway service-account key that signs the stack's download URLs (the emulator cannot sign)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    if path.exists():
+        return
+    pem = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    info = {"type": "service_account", "project_id": project, "private_key_id": "iml-dev-stack",
+            "private_key": pem, "client_email": f"iml-functions@{project}.iam.gserviceaccount.com",
+            "client_id": "0", "token_uri": "https://oauth2.googleapis.com/token"}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(info, f)
+
+
+# ---- talking to a running stack ----------------------------------------------------------------------------
+
+def publish(stack: Stack, topic: str, event: dict) -> None:
+    from google.cloud import pubsub_v1
+
+    with talking_to(stack):
+        publisher = pubsub_v1.PublisherClient()
+        publisher.publish(publisher.topic_path(stack.project, topic), json.dumps(event).encode()).result(30)
+
+
+def pull(stack: Stack, topic: str, max_messages: int = 100, timeout: float = 5.0) -> list[dict]:
+    """Messages waiting on a watched topic (ready, dead_letter), acknowledged as they are read."""
+    from google.api_core.exceptions import DeadlineExceeded
+    from google.cloud import pubsub_v1
+
+    with talking_to(stack):
+        subscriber = pubsub_v1.SubscriberClient()
+        path = subscriber.subscription_path(stack.project, f"{topic}-watch")
+        try:
+            response = subscriber.pull(subscription=path, max_messages=max_messages, timeout=timeout)
+        except DeadlineExceeded:
+            return []
+        if response.received_messages:
+            subscriber.acknowledge(subscription=path, ack_ids=[m.ack_id for m in response.received_messages])
+        return [json.loads(m.message.data) for m in response.received_messages]
