@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import threading
 
 import functions_framework
 
@@ -20,14 +21,16 @@ from infra.ports import Ports
 from infra.settings import Settings
 
 _ports: Ports | None = None
+_bootstrap = threading.Lock()  # an instance serves concurrent requests on threads
 
 
 def ports() -> Ports:
     """Built on the first request of an instance, then reused: one bootstrap per instance."""
     global _ports
-    if _ports is None:
-        logs.configure()
-        _ports = build_ports(Settings.from_env())
+    with _bootstrap:
+        if _ports is None:
+            logs.configure()
+            _ports = build_ports(Settings.from_env())
     return _ports
 
 
