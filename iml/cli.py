@@ -252,6 +252,26 @@ def dev_stack_messages(wait: float, folder: Path) -> None:
         _fail(str(error))
 
 
+@main.command("package")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("dist"), show_default=True,
+              help="Folder for the archives.")
+@click.option("--lock", is_flag=True, help="First rewrite deploy/requirements-*.txt from the installed packages.")
+def package_command(out: Path, lock: bool) -> None:
+    """Build the function source archives Terraform uploads: iml-functions-tensorflow.zip (generate, watermark)
+    and iml-functions-light.zip (encrypt, publish, expire), byte-for-byte reproducible."""
+    from iml.package import PackagingError, build
+    from iml.package import lock as write_locks
+
+    try:
+        if lock:
+            for path in write_locks():
+                click.echo(f"pinned {path}")
+        for name, (path, sha256) in build(out).items():
+            click.echo(f"{path}  sha256 {sha256}  ({path.stat().st_size} bytes)")
+    except PackagingError as error:
+        _fail(str(error))
+
+
 def _verifier_ports(workdir: Path | None, ledger_uri: str | None):
     """The ports the verifier reads: a local workdir's, or the environment's with the ledger at `ledger_uri`."""
     from dataclasses import replace
