@@ -1,28 +1,26 @@
 """The five steps, each a plain function of (event, ports) returning the next event, or None.
 
-They know nothing of HTTP, CloudEvents or which adapters they were given. TensorFlow is imported inside
-generate and watermark only, so that encrypt, publish and expire start fast.
+They know nothing of HTTP, CloudEvents or which adapters they were given. TensorFlow and numpy are imported
+inside generate and watermark only, so that encrypt, publish and expire start fast.
 """
 from __future__ import annotations
 
 import hashlib
 from datetime import datetime
 
-from functions import base_model, userdata, users
+from functions import users
 from functions.events import ExpireTick, ModelEvent, Ready, Signup, decode_device_key
 from infra.envelope import public_key_bytes, seal_bytes
 from infra.errors import ObjectMissing
 from infra.logs import get_logger
 from infra.ports import BlobStore, Ports
 from infra.staging import get_staged, put_staged
-from watermark.codeword import codeword_seed, expand
-from watermark.embed import codeword_length, embed
 
 log = get_logger("iml.steps")
 
 
 def generate(signup: Signup, ports: Ports) -> ModelEvent:
-    from functions import model
+    from functions import base_model, model, userdata
 
     users.admit(signup.user_id, signup.model_id, ports)
     base = model.load_or_train_base(ports.models)
@@ -41,7 +39,9 @@ def generate(signup: Signup, ports: Ports) -> ModelEvent:
 
 
 def watermark(event: ModelEvent, ports: Ports) -> ModelEvent:
-    from functions import model
+    from functions import base_model, model, userdata
+    from watermark.codeword import codeword_seed, expand
+    from watermark.embed import codeword_length, embed
 
     tuned = model.from_keras_bytes(get_staged(ports.staging, ports.kms, event.artifact))
     base_kernels = base_model.load_kernels(ports.models, event.base_model_version)
@@ -66,6 +66,7 @@ def watermark(event: ModelEvent, ports: Ports) -> ModelEvent:
 
 
 def encrypt(event: ModelEvent, ports: Ports) -> ModelEvent:
+    users.refuse_deleted(event.user_id, ports)
     tflite = get_staged(ports.staging, ports.kms, event.artifact)
     name = f"{event.model_id}.iml"
     device_key = decode_device_key(event.device_public_key)
@@ -99,8 +100,11 @@ def encrypt(event: ModelEvent, ports: Ports) -> ModelEvent:
 
 
 def publish(event: ModelEvent, ports: Ports) -> Ready:
-    if ports.state.exists(f"users/{event.user_id}/deleted"):  # deleted while its model was on the way
-        ports.delivery.delete(event.artifact)
+    if ports.state.exists(f"users/{event.user_id}/deleted"):  # deleted while its model was on the way:
+        # expire is the one step that deletes delivered models (its service account alone may), so ask it again
+        ports.bus.publish(ports.settings.topics.expire,
+                          ExpireTick(reason="model delivered after its user was deleted",
+                                     deleted_user_id=event.user_id).to_dict())
         users.refuse_deleted(event.user_id, ports)
     if not ports.delivery.exists(event.artifact):
         raise ObjectMissing(f"delivered model {event.artifact!r} is gone (expired before publication?)")

@@ -11,7 +11,7 @@ import json
 import shutil
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 from pathlib import Path
 from typing import Callable
 
@@ -19,25 +19,12 @@ from functions import userdata
 from functions.events import Ready, Signup
 from functions.runner import StepResult, subscribe_steps
 from iml import device as devices
-from infra.bootstrap import local_ports
+from infra.bootstrap import MovableClock, local_ports
 from infra.settings import Settings
 from watermark.reader import read_tflite
 from watermark.verify import verify
 
 NEVER_ISSUED_USER = "never-issued"
-
-
-class MovableClock:
-    """Real time plus an offset the demo can push forward, to show expiry without waiting an hour."""
-
-    def __init__(self) -> None:
-        self.offset = timedelta(0)
-
-    def __call__(self) -> datetime:
-        return datetime.now(timezone.utc) + self.offset
-
-    def advance(self, by: timedelta) -> None:
-        self.offset += by
 
 
 @dataclass

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Callable
 
 from infra.ledger import Ledger
@@ -15,6 +15,19 @@ from infra.settings import Settings
 
 def utc_now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class MovableClock:
+    """Real time plus an offset the demo can push forward, to show expiry without waiting an hour."""
+
+    def __init__(self) -> None:
+        self.offset = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(timezone.utc) + self.offset
+
+    def advance(self, by: timedelta) -> None:
+        self.offset += by
 
 
 def local_ports(settings: Settings, clock: Callable[[], datetime] = utc_now) -> Ports:

@@ -12,8 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from functions.events import Signup
 from functions.runner import StepResult, subscribe_steps
-from iml.demo import MovableClock
-from infra.bootstrap import local_ports
+from infra.bootstrap import MovableClock, local_ports
 from infra.ports import Ports
 from infra.settings import Settings
 

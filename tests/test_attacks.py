@@ -13,8 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from functions import userdata
 from functions.events import Ready
 from functions.runner import subscribe_steps
-from iml.demo import MovableClock
-from infra.bootstrap import local_ports
+from infra.bootstrap import MovableClock, local_ports
 from infra.envelope import open_sealed_bytes
 from infra.local_storage import fetch_local_url
 from infra.settings import Settings

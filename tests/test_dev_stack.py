@@ -14,7 +14,6 @@ import time
 
 import pytest
 import requests
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from functions import userdata

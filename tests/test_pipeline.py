@@ -184,10 +184,19 @@ def test_a_deleted_user_loses_every_model_at_once_and_gets_no_more(trained_ports
     assert dead["error_type"] == "UserDeleted" and dead["reason"] == (
         "user 'alice' was deleted: no model is made or published for them")
 
-    # a model that was still on its way when the user was deleted is deleted at publish, never announced
-    in_flight = model_step_event(make_signup("alice", "req-0", key), "m-in-flight.iml")
+    # a model delivered just after its user was deleted is never announced, and expire deletes it at once
+    late = make_signup("alice", "req-0", key)
+    ports.state.put(f"users/alice/models/{late.model_id}", b"")  # admitted before the deletion
+    in_flight = model_step_event(late, f"{late.model_id}.iml")
     in_flight["facts"] = {"sealed_sha256": "0" * 64, "sealed_size": 30}
     ports.delivery.put(in_flight["artifact"], b"sealed bytes that arrived late")
     result = run_step(STEPS["publish"], json.dumps(in_flight).encode(), ports)
-    assert result.outcome is Outcome.DEAD_LETTERED and not ports.delivery.exists(in_flight["artifact"])
-    assert len(_ready(ports)) == 3
+    assert result.outcome is Outcome.DEAD_LETTERED
+    ports.bus.drain()
+    assert not ports.delivery.exists(in_flight["artifact"]) and len(_ready(ports)) == 3
+    (late_deletion,) = [e for e in ports.ledger.entries("user-deleted") if e.record["model_id"] == late.model_id]
+    assert late_deletion.record["objects_deleted"] == [in_flight["artifact"]]
+
+    # one that reaches encrypt after the deletion is never sealed
+    encrypting = model_step_event(make_signup("alice", "req-4", key), "watermarked/m.tflite")
+    assert run_step(STEPS["encrypt"], json.dumps(encrypting).encode(), ports).outcome is Outcome.DEAD_LETTERED
