@@ -17,6 +17,9 @@ BUCKETS = ("IML_STAGING_BUCKET", "IML_DELIVERY_BUCKET", "IML_MODELS_BUCKET", "IM
 KMS_KINDS = ("local", "cloud")
 CLOUD_KMS_KEYS = ("IML_KMS_WRAP_KEY", "IML_KMS_SIGNING_KEY_VERSION", "IML_KMS_FINGERPRINT_KEY_VERSION")
 MAX_URL_TTL_MINUTES = 7 * 24 * 60  # the V4 signed URL limit
+# Read where the embedded adapters or the emulators run, never given to a deployed function; terraform/main.tf
+# sets every other variable (tests/test_terraform.py holds the two sets together).
+LOCAL_ONLY = ("IML_WORKDIR", "IML_URL_SIGNING_KEY_FILE", "IML_KMS_ENDPOINT")
 
 
 class SettingsError(ValueError):

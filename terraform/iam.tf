@@ -1,0 +1,131 @@
+# What each function's service account may do, on the one resource each grant names; no project-wide role.
+# Read it as a table: the promises of DESIGN.md §5 are visible here, and tests/test_terraform.py checks them:
+# - only encrypt writes the delivery bucket, and only expire deletes from it (objectUser has delete; objectCreator
+#   cannot overwrite, so it cannot delete either);
+# - only watermark uses the fingerprint key (generate never needs it, so it is not given it);
+# - only encrypt and expire sign ledger records, and only they write the evidence bucket;
+# - publish signs download URLs as itself (signBlob on its own account), with no key file anywhere.
+
+locals {
+  # step => bucket => roles. The viewer roles let create-once writes look before they write.
+  bucket_roles = {
+    generate = {
+      models  = ["roles/storage.objectViewer", "roles/storage.objectCreator"] # trains the base model once if missing
+      staging = ["roles/storage.objectUser"]                                  # a redelivery rewrites its artefact
+      state   = ["roles/storage.objectViewer", "roles/storage.objectCreator"]
+    }
+    watermark = {
+      models  = ["roles/storage.objectViewer"]
+      staging = ["roles/storage.objectUser"] # reads and deletes the generated model, writes the fingerprinted one
+      state   = ["roles/storage.objectViewer", "roles/storage.objectCreator"]
+    }
+    encrypt = {
+      staging  = ["roles/storage.objectUser"]
+      delivery = ["roles/storage.objectViewer", "roles/storage.objectCreator"]
+      evidence = ["roles/storage.objectViewer", "roles/storage.objectCreator"]
+      state    = ["roles/storage.objectViewer", "roles/storage.objectCreator"]
+    }
+    publish = {
+      delivery = ["roles/storage.objectViewer"]
+      state    = ["roles/storage.objectViewer", "roles/storage.objectCreator"]
+    }
+    expire = {
+      staging  = ["roles/storage.objectUser"]
+      delivery = ["roles/storage.objectUser"]
+      evidence = ["roles/storage.objectViewer", "roles/storage.objectCreator"]
+      state    = ["roles/storage.objectViewer", "roles/storage.objectCreator"]
+    }
+  }
+
+  # step => key => roles
+  key_roles = {
+    generate  = { envelope = ["roles/cloudkms.cryptoKeyEncrypter"] }
+    watermark = { envelope = ["roles/cloudkms.cryptoKeyEncrypterDecrypter"], fingerprint = ["roles/cloudkms.signer"] }
+    encrypt   = { envelope = ["roles/cloudkms.cryptoKeyDecrypter"], ledger = ["roles/cloudkms.signer"] }
+    publish   = {}
+    expire    = { ledger = ["roles/cloudkms.signer"] }
+  }
+
+  # step => topics it publishes to: its output, the dead letters, and for publish the expire topic (a model
+  # delivered after its user was deleted is handed back to expire, the one step that deletes delivered models)
+  topic_publishers = {
+    for step, wiring in local.steps : step => compact([
+      wiring.output, "dead-letter", step == "publish" ? "expire" : ""
+    ])
+  }
+
+  verifier_key_roles = {
+    ledger      = "roles/cloudkms.publicKeyViewer" # checks every record's signature
+    fingerprint = "roles/cloudkms.signer"          # recomputes the codewords (MacSign)
+  }
+
+  bucket_names = merge({ for role, bucket in google_storage_bucket.pipeline : role => bucket.name },
+  { evidence = google_storage_bucket.evidence.name })
+}
+
+resource "google_storage_bucket_iam_member" "step" {
+  for_each = merge([for step, buckets in local.bucket_roles : merge([for bucket, roles in buckets : {
+    for role in roles : "${step} ${bucket} ${role}" => { step = step, bucket = bucket, role = role }
+  }]...)]...)
+
+  bucket = local.bucket_names[each.value.bucket]
+  role   = each.value.role
+  member = google_service_account.step[each.value.step].member
+}
+
+resource "google_kms_crypto_key_iam_member" "step" {
+  for_each = merge([for step, keys in local.key_roles : merge([for key, roles in keys : {
+    for role in roles : "${step} ${key} ${role}" => { step = step, key = key, role = role }
+  }]...)]...)
+
+  crypto_key_id = local.crypto_key_ids[each.value.key]
+  role          = each.value.role
+  member        = google_service_account.step[each.value.step].member
+}
+
+resource "google_pubsub_topic_iam_member" "step" {
+  for_each = merge([for step, topics in local.topic_publishers : {
+    for topic in topics : "${step} ${topic}" => { step = step, topic = topic }
+  }]...)
+
+  project = var.project_id
+  topic   = google_pubsub_topic.iml[each.value.topic].name
+  role    = "roles/pubsub.publisher"
+  member  = google_service_account.step[each.value.step].member
+}
+
+# V4 signed URLs through IAM signBlob: publish may sign blobs as itself and as nobody else.
+resource "google_service_account_iam_member" "publish_signs_as_itself" {
+  service_account_id = google_service_account.step["publish"].name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = google_service_account.step["publish"].member
+}
+
+# Every function writes its structured logs.
+resource "google_project_iam_member" "step_logs" {
+  for_each = local.steps
+
+  project = var.project_id
+  role    = "roles/logging.logWriter"
+  member  = google_service_account.step[each.key].member
+}
+
+# Legal, running `iml verify --ledger gs://…`: read the ledger and the base model, check the ledger's
+# signatures, and recompute fingerprints.
+resource "google_storage_bucket_iam_member" "verifier_reads" {
+  for_each = { for pair in setproduct(["evidence", "models"], var.verifier_members) :
+  "${pair[0]} ${pair[1]}" => { bucket = pair[0], member = pair[1] } }
+
+  bucket = local.bucket_names[each.value.bucket]
+  role   = "roles/storage.objectViewer"
+  member = each.value.member
+}
+
+resource "google_kms_crypto_key_iam_member" "verifier" {
+  for_each = { for pair in setproduct(keys(local.verifier_key_roles), var.verifier_members) :
+  "${pair[0]} ${pair[1]}" => { key = pair[0], member = pair[1] } }
+
+  crypto_key_id = local.crypto_key_ids[each.value.key]
+  role          = local.verifier_key_roles[each.value.key]
+  member        = each.value.member
+}

@@ -1,0 +1,51 @@
+# The IML pipeline: five Cloud Functions chained by Pub/Sub, their buckets, keys, schedule and alerts.
+# One file per concern: storage.tf, kms.tf, pubsub.tf, functions.tf, iam.tf, scheduler.tf, observability.tf.
+
+data "google_project" "this" {
+  project_id = var.project_id
+}
+
+data "google_storage_project_service_account" "gcs" {
+  project = var.project_id
+}
+
+locals {
+  labels = merge(var.labels, { "managed-by" = "terraform", "app" = "iml" })
+
+  pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
+  gcs_service_agent    = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
+
+  # The chain: each step reads one topic and (but expire) writes the next. Topic names are prefix + name,
+  # as infra/settings.py Topics.with_prefix builds them.
+  topics = ["signup", "generated", "watermarked", "sealed", "ready", "expire", "dead-letter"]
+  steps = {
+    generate  = { input = "signup", output = "generated", archive = "tensorflow" }
+    watermark = { input = "generated", output = "watermarked", archive = "tensorflow" }
+    encrypt   = { input = "watermarked", output = "sealed", archive = "light" }
+    publish   = { input = "sealed", output = "ready", archive = "light" }
+    expire    = { input = "expire", output = null, archive = "light" }
+  }
+
+  # What functions/main.py reads (README.md, "Entry points and settings"); tests/test_terraform.py keeps the
+  # two in step. IML_WORKDIR, IML_URL_SIGNING_KEY_FILE and IML_KMS_ENDPOINT serve local runs only.
+  function_environment = {
+    IML_BACKEND                     = "gcp"
+    IML_PROJECT                     = var.project_id
+    IML_STAGING_BUCKET              = google_storage_bucket.pipeline["staging"].name
+    IML_DELIVERY_BUCKET             = google_storage_bucket.pipeline["delivery"].name
+    IML_MODELS_BUCKET               = google_storage_bucket.pipeline["models"].name
+    IML_STATE_BUCKET                = google_storage_bucket.pipeline["state"].name
+    IML_EVIDENCE_BUCKET             = google_storage_bucket.evidence.name
+    IML_TOPIC_PREFIX                = var.name_prefix
+    IML_URL_TTL_MINUTES             = tostring(var.url_ttl_minutes)
+    IML_MODEL_MAX_AGE_MINUTES       = tostring(var.model_max_age_minutes)
+    IML_STAGING_MAX_AGE_MINUTES     = tostring(var.staging_max_age_minutes)
+    IML_USER_MODEL_LIMIT            = tostring(var.user_model_limit)
+    IML_USER_LIMIT_PERIOD_HOURS     = tostring(var.user_limit_period_hours)
+    IML_WATERMARK_STRENGTH          = tostring(var.watermark_strength)
+    IML_KMS                         = "cloud"
+    IML_KMS_WRAP_KEY                = local.crypto_key_ids["envelope"]
+    IML_KMS_SIGNING_KEY_VERSION     = "${local.crypto_key_ids["ledger"]}/cryptoKeyVersions/${var.signing_key_version}"
+    IML_KMS_FINGERPRINT_KEY_VERSION = "${local.crypto_key_ids["fingerprint"]}/cryptoKeyVersions/${var.fingerprint_key_version}"
+  }
+}
