@@ -59,26 +59,29 @@ locals {
     fingerprint = "roles/cloudkms.signer"          # recomputes the codewords (MacSign)
   }
 
+  # The two tables above, one grant a row: "step target role" => { step, target, role }
+  step_grants = { for kind, table in { bucket = local.bucket_roles, key = local.key_roles } :
+    kind => merge([for step, targets in table : merge([for target, roles in targets : {
+      for role in roles : "${step} ${target} ${role}" => { step = step, target = target, role = role }
+    }]...)]...)
+  }
+
   bucket_names = merge({ for role, bucket in google_storage_bucket.pipeline : role => bucket.name },
   { evidence = google_storage_bucket.evidence.name })
 }
 
 resource "google_storage_bucket_iam_member" "step" {
-  for_each = merge([for step, buckets in local.bucket_roles : merge([for bucket, roles in buckets : {
-    for role in roles : "${step} ${bucket} ${role}" => { step = step, bucket = bucket, role = role }
-  }]...)]...)
+  for_each = local.step_grants.bucket
 
-  bucket = local.bucket_names[each.value.bucket]
+  bucket = local.bucket_names[each.value.target]
   role   = each.value.role
   member = google_service_account.step[each.value.step].member
 }
 
 resource "google_kms_crypto_key_iam_member" "step" {
-  for_each = merge([for step, keys in local.key_roles : merge([for key, roles in keys : {
-    for role in roles : "${step} ${key} ${role}" => { step = step, key = key, role = role }
-  }]...)]...)
+  for_each = local.step_grants.key
 
-  crypto_key_id = local.crypto_key_ids[each.value.key]
+  crypto_key_id = local.crypto_key_ids[each.value.target]
   role          = each.value.role
   member        = google_service_account.step[each.value.step].member
 }
