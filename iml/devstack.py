@@ -199,17 +199,25 @@ def _spawn(stack: Stack, name: str, command: list[str], port: int, *, cwd: Path 
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    cwd=cwd, env={**os.environ, **(env or {})}, start_new_session=True)
     stack.pids[name] = process.pid
-    deadline = time.monotonic() + wait_seconds
+    try:
+        wait_for_port(port, process, wait_seconds)
+    except DevStackError as error:
+        raise DevStackError(f"{name} {error}; see {stack.log_file(name)}") from None
+
+
+def wait_for_port(port: int, process: subprocess.Popen, seconds: float = 30.0) -> None:
+    """Return once something listens on 127.0.0.1:`port`; DevStackError if `process` exits first or nothing
+    listens within `seconds`."""
+    deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise DevStackError(f"{name} exited with status {process.returncode}; see {stack.log_file(name)}")
+            raise DevStackError(f"exited with status {process.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
         except OSError:
             time.sleep(0.1)
-    raise DevStackError(f"{name} does not listen on port {port} after {wait_seconds:.0f} s; "
-                        f"see {stack.log_file(name)}")
+    raise DevStackError(f"does not listen on port {port} after {seconds:.0f} s")
 
 
 def alive(pid: int) -> bool:

@@ -5,20 +5,14 @@ Under CI=true a missing emulator fails the run; elsewhere the tests that need it
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from importlib.util import find_spec
 
 import pytest
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from iml.devstack import free_port, wait_for_port
 
 
 def require(available: bool, what: str, install: str) -> None:
@@ -27,19 +21,6 @@ def require(available: bool, what: str, install: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{what} is missing under CI ({install})")
     pytest.skip(f"{what} is not installed here: {install}")
-
-
-def wait_for_port(port: int, process: subprocess.Popen, seconds: float = 30.0) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the emulator exited with status {process.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on port {port} after {seconds} s")
 
 
 @contextmanager
