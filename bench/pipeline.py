@@ -118,7 +118,8 @@ def main() -> None:
         table.add_row(name, str(runs), f"{total:.3f}", f"{1000 * mean:.3f}", f"{peak / 2**20:.0f}")
     Console(width=110).print(table)
     leak = report["leak"]
-    print(f"leak traced to {leak['accused']} (p = {leak['p_value']:.3g}); never-issued accused "
+    print(f"leak traced to {leak['accused']} (z = {leak['score']:.1f}, log10 p = {leak['log10_p_value']:.1f}); "
+          f"never-issued accused "
           f"{report['never_issued']['accused']}; expiry left {report['expiry']['remaining']} models")
 
 

@@ -46,7 +46,7 @@ from watermark import attacks  # noqa: E402
 from watermark.align import align  # noqa: E402
 from watermark.attacks import Weights  # noqa: E402
 from watermark.baseline import UchidaMark  # noqa: E402
-from watermark.detect import weighted_residual, z_scores  # noqa: E402
+from watermark.detect import Residual, log10_threshold, z_scores, z_threshold  # noqa: E402
 from watermark.reader import ReadModel, read_tflite  # noqa: E402
 from watermark.verify import verify  # noqa: E402
 
@@ -154,7 +154,7 @@ def main() -> None:
             rows[(family, strength)].append({
                 "drop": baseline - accuracy, "counts": accuracy >= baseline - TIER,
                 "rank": ranked.index(user) + 1 if user in ranked else len(models),
-                "p": true.p_value if true else 1.0, "right": user in verdict.accused,
+                "log10_p": true.log10_p_value if true else 0.0, "right": user in verdict.accused,
                 "innocents": len([a for a in verdict.accused if a != user]),
                 "anchor_right": user in anchor, "anchor_innocents": len(anchor - {user}),
             })
@@ -163,7 +163,7 @@ def main() -> None:
     table = Table(title=f"Fingerprint robustness: {len(models)} users, alpha 1e-9 (an attack counts within "
                         f"{int(TIER * 100)} points)")
     for column in ("attack", "strength", "acc. drop (mean)", "counted", "right user accused", "median rank",
-                   "median p (true user)", "innocents accused", "anchor: right accused", "anchor: innocents"):
+                   "median log10 p (true user)", "innocents accused", "anchor: right accused", "anchor: innocents"):
         table.add_column(column, justify="left" if column in ("attack", "strength") else "right")
     for (family, strength), results in rows.items():
         counted = [r for r in results if r["counts"]]
@@ -171,7 +171,7 @@ def main() -> None:
                       f"{len(counted)}/{len(results)}",
                       f"{sum(r['right'] for r in counted)}/{len(counted)}" if counted else "-",
                       f"{statistics.median(r['rank'] for r in counted):.0f}" if counted else "-",
-                      f"{statistics.median(r['p'] for r in counted):.2g}" if counted else "-",
+                      f"{statistics.median(r['log10_p'] for r in counted):.1f}" if counted else "-",
                       str(sum(r["innocents"] for r in results)),
                       f"{sum(r['anchor_right'] for r in counted)}/{len(counted)}" if counted else "-",
                       str(sum(r["anchor_innocents"] for r in results)))
@@ -214,7 +214,7 @@ def null_trials(ports, models: dict[str, Weights], out: Path, rng: np.random.Gen
     per_model = max(1, math.ceil(10_000 / len(models)))
     null_z = []
     for weights in models.values():
-        residual = weighted_residual(align(weights.kernels, base).kernels, base)
+        residual = Residual.of(align(weights.kernels, base).kernels, base)
         null_z.append(z_scores(residual, [rng.bytes(32) for _ in range(per_model)], workers=1))
     null_z = np.concatenate(null_z)
     other_seed = tf_model.train(seed=99)  # never issued
@@ -223,7 +223,7 @@ def null_trials(ports, models: dict[str, Weights], out: Path, rng: np.random.Gen
                                                   [np.zeros(k.shape[1]) for k in base])}
     accusations = {name: verify(read, "-", ports.ledger, ports.kms, ports.models).accused
                    for name, read in never.items()}
-    threshold_z = math.sqrt(2 * math.log(len(models) / 1e-9))
+    threshold_z = z_threshold(log10_threshold(len(models), 1e-9))
     print(f"null trials: {null_z.size} (issued model, never-embedded codeword) pairs; max z {null_z.max():.2f}; "
           f"accused at alpha 1e-9 (z >= {threshold_z:.2f}): {int(np.sum(null_z >= threshold_z))}")
     for t in (1, 2, 3, 4):

@@ -4,7 +4,7 @@
 
 What it times is the verifier's ranking: each model's codeword seed from the fingerprint key (HMAC through the
 KMS port, here the local key file), its codeword, and its score against a suspect's residual of the real
-size (12,608 weights), on every core. Reading a million ledger objects from a bucket and checking the
+size (12,608 weights, as exact integers), on every core. Reading a million ledger objects from a bucket and checking the
 signatures of the few candidates shown are not in it. The naive loop (expand each codeword to +-1 and take a
 dot product, one model at a time) runs on --naive models and is extrapolated; both are checked to agree.
 The last line reads `ranked N models in S s`.
@@ -28,7 +28,7 @@ from rich.table import Table  # noqa: E402
 
 from infra.local_kms import LocalKms  # noqa: E402
 from watermark.codeword import codeword_seed, expand  # noqa: E402
-from watermark.detect import z_scores  # noqa: E402
+from watermark.detect import Residual, z_scores  # noqa: E402
 
 CODEWORD_LENGTH = 64 * 128 + 128 * 32 + 32 * 10
 
@@ -39,11 +39,12 @@ def main() -> None:
     parser.add_argument("--naive", type=int, default=20_000)
     args = parser.parse_args()
     kms = LocalKms(Path(tempfile.mkdtemp()) / "keys.json")
-    residual = np.random.default_rng(0).normal(size=CODEWORD_LENGTH)
+    weights = np.random.default_rng(0).normal(size=CODEWORD_LENGTH)
+    residual = Residual.of_vector(weights, float(np.max(np.abs(weights))))
     model_ids = [f"m-{i:032x}" for i in range(args.models)]
 
     started = time.perf_counter()
-    seeds = [codeword_seed(kms, model_id) for model_id in model_ids]
+    seeds = [codeword_seed(kms, model_id, kms.fingerprint_key_id) for model_id in model_ids]
     seeding = time.perf_counter() - started
     with Progress(TextColumn("ranking"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=Console(stderr=True), transient=True) as bars:
@@ -53,9 +54,10 @@ def main() -> None:
         scoring = time.perf_counter() - scoring_started
     total = time.perf_counter() - started
 
-    norm = np.linalg.norm(residual)
+    units = residual.units.astype(np.float64)
+    norm = np.linalg.norm(units)
     naive_started = time.perf_counter()
-    naive = np.array([expand(seed, residual.size) @ residual / norm for seed in seeds[: args.naive]])
+    naive = np.array([expand(seed, units.size) @ units / norm for seed in seeds[: args.naive]])
     naive_seconds = (time.perf_counter() - naive_started) * args.models / args.naive
     assert np.allclose(naive, scores[: args.naive], atol=1e-5), "the fast and the naive scores disagree"
 

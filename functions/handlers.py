@@ -47,7 +47,8 @@ def watermark(event: ModelEvent, ports: Ports) -> ModelEvent:
     base_kernels = base_model.load_kernels(ports.models, event.base_model_version)
     held_out = userdata.for_user(event.user_id).held_out
     accuracy_before = model.accuracy(tuned, held_out)
-    codeword = expand(codeword_seed(ports.kms, event.model_id), codeword_length(base_kernels))
+    key_id = ports.kms.fingerprint_key_id  # recorded below: the verifier derives the codeword under this version
+    codeword = expand(codeword_seed(ports.kms, event.model_id, key_id), codeword_length(base_kernels))
     strength = ports.settings.watermark_strength
     model.set_kernels(tuned, embed(model.kernels(tuned), base_kernels, codeword, strength))
     accuracy_after = model.accuracy(tuned, held_out)
@@ -59,7 +60,7 @@ def watermark(event: ModelEvent, ports: Ports) -> ModelEvent:
         artifact,
         accuracy_unwatermarked=round(accuracy_before, 6),
         accuracy_watermarked=round(accuracy_after, 6),
-        fingerprint_key_id=ports.kms.fingerprint_key_id,
+        fingerprint_key_id=key_id,
         watermark_strength=strength,
         plaintext_sha256=hashlib.sha256(tflite).hexdigest(),
     )

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import click
+from rich import box
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -68,39 +69,55 @@ def demo(users: int, workdir: Path, as_json: bool) -> None:
                    "IML_* environment variables, as the functions read them.")
 @click.option("--alpha", type=click.FloatRange(1e-300, 0.5), default=1e-9, show_default=True,
               help="Bound on the probability of accusing any innocent user.")
+@click.option("--max-accused", type=click.IntRange(1, 10_000), default=3, show_default=True,
+              help="A verdict accusing more users than this is marked 'needs review: unusually many accused'.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
 @click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Write the evidence report here (HTML), with its KMS-signed JSON twin beside it (.json).")
-def verify_command(model_file: Path, workdir: Path | None, ledger_uri: str | None, alpha: float, as_json: bool,
-                   report_path: Path | None) -> None:
+def verify_command(model_file: Path, workdir: Path | None, ledger_uri: str | None, alpha: float, max_accused: int,
+                   as_json: bool, report_path: Path | None) -> None:
     """Name the user a leaked MODEL_FILE (.tflite in any quantization, .keras, or a SavedModel folder) was issued
-    to. Exit 0: someone accused; 1: nobody; 2: error."""
-    from infra.errors import ObjectMissing, TransientError
-    from watermark.reader import read_model
-    from watermark.verify import IncompatibleModel, NoLedger, UnreadableModel, verify
+    to. Exit 0: someone accused; 1: nobody; 2: error (no verdict, whatever the error)."""
+    try:
+        verdict = _verify(model_file, workdir, ledger_uri, alpha, max_accused, as_json, report_path)
+    except SystemExit:
+        raise
+    except Exception as error:  # every failure is exit 2 with a message, never a verdict's exit status
+        from infra.errors import PermanentError, TransientError
+        from watermark.errors import VerificationError
+
+        if isinstance(error, (VerificationError, PermanentError, TransientError)):
+            _fail(str(error))
+        _fail(f"internal error ({type(error).__name__}); no verdict was given")
+    sys.exit(EXIT_ACCUSED if verdict.accused else EXIT_NOBODY)
+
+
+def _verify(model_file: Path, workdir: Path | None, ledger_uri: str | None, alpha: float, max_accused: int,
+            as_json: bool, report_path: Path | None):
+    from watermark.verify import verify_file
 
     ports = _verifier_ports(workdir, ledger_uri)
-    with Progress(TextColumn("ranking"), BarColumn(), MofNCompleteColumn(), console=err,
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err,
                   transient=True, disable=as_json) as bars:
-        task = bars.add_task("rank", total=None)
-        try:
-            verdict = verify(read_model(model_file), _sha256_of(model_file), ports.ledger, ports.kms, ports.models,
-                             alpha=alpha, progress=lambda done, total: bars.update(task, completed=done, total=total))
-        except (UnreadableModel, IncompatibleModel, NoLedger, ObjectMissing, TransientError) as error:
-            _fail(str(error))
+        task = bars.add_task("reading the file apart", total=None)
+        verdict = verify_file(model_file, ports.ledger, ports.kms, ports.models, alpha=alpha,
+                              max_accused=max_accused, progress=lambda done, total: bars.update(
+                                  task, description="ranking", completed=done, total=total))
     if report_path:
         from watermark.report import write_report
 
         source = f"--ledger {ledger_uri}" if ledger_uri else f"--workdir {workdir}"
-        command = f"iml verify {model_file} {source} --alpha {alpha} --report {report_path}"
+        command = (f"iml verify {model_file} {source} --alpha {alpha} --max-accused {max_accused} "
+                   f"--report {report_path}")
         written = write_report(verdict, report_path, ports.kms, file_name=model_file.name, command=command,
-                               parameters={"alpha": alpha, "ledger": ledger_uri or str(workdir)})
-        err.print(f"evidence report: {written[0]} (signed twin: {written[1]})")
+                               parameters={"alpha": alpha, "max_accused": max_accused,
+                                           "ledger": ledger_uri or str(workdir)})
+        err.print(f"evidence report: {written[0]} (signed twin: {written[1]})", markup=False)
     if as_json:
-        click.echo(json.dumps(verdict.to_dict(), indent=2))
+        click.echo(verdict.to_json())
     else:
         _print_verdict(verdict, model_file)
-    sys.exit(EXIT_ACCUSED if verdict.accused else EXIT_NOBODY)
+    return verdict
 
 
 @main.group()
@@ -306,19 +323,13 @@ def _verifier_ports(workdir: Path | None, ledger_uri: str | None):
     return replace(ports, ledger=Ledger(store, ports.kms))
 
 
-def _sha256_of(path: Path) -> str:
-    import hashlib
-
-    if path.is_dir():  # a SavedModel: the digest of its files, in name order
-        digest = hashlib.sha256()
-        for part in sorted(p for p in path.rglob("*") if p.is_file()):
-            digest.update(part.relative_to(path).as_posix().encode() + b"\0" + part.read_bytes())
-        return digest.hexdigest()
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _fail(message: str) -> None:
-    err.print(f"[bold red]error:[/] {message}")
+    """Exit 2 with the message. It may quote a parser that quoted a stranger's file: no markup or control
+    characters of it reach the terminal."""
+    from rich.markup import escape
+
+    printable = "".join(c if c.isprintable() else "?" for c in message)
+    err.print(f"[bold red]error:[/] {escape(printable)}")
     sys.exit(EXIT_ERROR)
 
 
@@ -341,6 +352,8 @@ def _stdout_to_stderr(enabled: bool):
 
 
 def _print_demo(report: dict) -> None:
+    from watermark.detect import format_p
+
     out = Console(soft_wrap=True)
     table = Table(title="Individual models, one per user: accuracy on each user's held-out data")
     table.add_column("user", no_wrap=True)
@@ -354,8 +367,10 @@ def _print_demo(report: dict) -> None:
     leak, never = report["leak"], report["never_issued"]
     if leak:
         out.print(f"Leaked model of [bold]{leak['leaked_user']}[/]: accused {leak['accused'] or 'nobody'} "
-                  f"(p = {leak['p_value']:.3g}, threshold {leak['p_threshold']:.3g})")
-    out.print(f"Model never issued: accused {never['accused'] or 'nobody'} (best p = {never['best_p_value']:.3g})")
+                  f"(z = {leak['score']:.1f}, p = {format_p(leak['log10_p_value'])}, threshold "
+                  f"{format_p(leak['log10_p_threshold'])})")
+    out.print(f"Model never issued: accused {never['accused'] or 'nobody'} "
+              f"(best p = {format_p(never['best_log10_p_value'])})")
     expiry = report["expiry"]
     out.print(f"Expiry: {expiry['delivered_before']} delivered, {expiry['remaining']} left after the TTL, "
               f"{expiry['ledger_expired_records']} deletions in the ledger")
@@ -367,21 +382,37 @@ def _print_demo(report: dict) -> None:
 
 
 def _print_verdict(verdict, model_file: Path) -> None:
-    out = Console(soft_wrap=True)
-    table = Table(title=f"{model_file.name}: best of {verdict.models_ranked} issued models")
-    for column in ("user", "model", "score z", "p-value", ""):
-        table.add_column(column)
+    from rich.markup import escape
+
+    from watermark.detect import format_p, z_threshold
+
+    out = _wide_console()
+    table = Table(title=f"{escape(model_file.name)}: best of {verdict.models_scored} scored issued models",
+                  box=box.SIMPLE_HEAD)
+    table.add_column("user", no_wrap=True)
+    table.add_column("model", no_wrap=True, min_width=34)  # whole: people copy model ids
+    for column in ("score z", "log10 p", "p-value", ""):
+        table.add_column(column, justify="right")
     for c in verdict.candidates:
-        accused = c.p_value <= verdict.p_threshold
-        table.add_row(c.user_id, c.model_id, f"{c.score:.2f}", f"{c.p_value:.3g}", "accused" if accused else "")
+        table.add_row(escape(c.user_id), escape(c.model_id), f"{c.score:.2f}", f"{c.log10_p_value:.2f}",
+                      format_p(c.log10_p_value), "accused" if c.accused else "")
     out.print(table)
-    for line in verdict.excluded_records:
-        err.print(f"[yellow]excluded ledger record[/] {line}")
+    for line in verdict.excluded_records:  # read from the ledger before any signature was checked
+        err.print(f"[yellow]excluded ledger record[/] {escape(line)}")
+    threshold = (f"p <= {format_p(verdict.log10_p_threshold)}, log10 p <= {verdict.log10_p_threshold:.2f}, "
+                 f"z >= {z_threshold(verdict.log10_p_threshold):.2f}")
     if verdict.accused:
-        out.print(f"[bold]Accused:[/] {', '.join(verdict.accused)} (p <= {verdict.p_threshold:.3g}; the chance of "
-                  f"accusing any innocent user is at most {verdict.alpha:.3g})")
+        out.print(f"[bold]Accused:[/] {escape(', '.join(verdict.accused))} ({threshold}; the chance of accusing any "
+                  f"innocent user is at most {verdict.alpha:.3g})")
     else:
-        out.print("Nobody accused: no issued model's fingerprint is significant.")
+        out.print(f"Nobody accused: no issued model's fingerprint is significant ({threshold}).")
+    if verdict.needs_review:
+        out.print(f"[bold yellow]{verdict.review_reason}[/]")
+
+
+def _wide_console() -> Console:
+    """A terminal keeps its width; piped output (a file, a log, another tool) is never cut to 80 columns."""
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 def _pct(value: float | None) -> str:

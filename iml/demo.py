@@ -6,7 +6,6 @@ accuses nobody; the clock moves past the TTL and expire deletes what was deliver
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -21,8 +20,8 @@ from functions.runner import StepResult, subscribe_steps
 from iml import device as devices
 from infra.bootstrap import MovableClock, local_ports
 from infra.settings import Settings
-from watermark.reader import read_tflite
-from watermark.verify import verify
+from watermark.detect import representable
+from watermark.verify import verify_file
 
 NEVER_ISSUED_USER = "never-issued"
 
@@ -147,14 +146,12 @@ def _leak(phones, run: _Run, workdir: Path, ports) -> dict | None:
     shutil.copyfile(leaker.folder / "model.tflite", leaked)
     verdict = _timed_verify(run, leaked, ports)
     best = verdict.candidates[0]
-    return {
+    return _with_p_values({
         "file": str(leaked),
         "leaked_user": leaker.user_id,
         "accused": verdict.accused,
-        "p_value": best.p_value,
         "score": best.score,
-        "p_threshold": verdict.p_threshold,
-    }
+    }, log10_p_value=best.log10_p_value, log10_p_threshold=verdict.log10_p_threshold)
 
 
 def _never_issued(run: _Run, workdir: Path, ports) -> dict:
@@ -166,13 +163,22 @@ def _never_issued(run: _Run, workdir: Path, ports) -> dict:
     path = workdir / "leak" / "never-issued.tflite"
     path.write_bytes(model.to_tflite(tuned))
     verdict = _timed_verify(run, path, ports)
-    return {"file": str(path), "accused": verdict.accused, "best_p_value": verdict.candidates[0].p_value}
+    return _with_p_values({"file": str(path), "accused": verdict.accused},
+                          best_log10_p_value=verdict.candidates[0].log10_p_value)
+
+
+def _with_p_values(row: dict, **log10_values: float) -> dict:
+    """Each log10 value, and beside it the p-value itself where a double holds it (never a p of 0)."""
+    for name, value in log10_values.items():
+        row[name] = value
+        if representable(value) is not None:
+            row[name.replace("log10_", "")] = representable(value)
+    return row
 
 
 def _timed_verify(run: _Run, path: Path, ports):
     started = time.perf_counter()
-    data = path.read_bytes()
-    verdict = verify(read_tflite(data), hashlib.sha256(data).hexdigest(), ports.ledger, ports.kms, ports.models)
+    verdict = verify_file(path, ports.ledger, ports.kms, ports.models)
     run.done("verify", time.perf_counter() - started)
     return verdict
 

@@ -19,14 +19,14 @@ from google.api_core import exceptions as google_errors
 from google.api_core.retry import Retry, if_exception_type
 from google.cloud import kms_v1
 
-from infra.errors import EnvelopeError, PermanentError, TransientError
+from infra.errors import EnvelopeError, KeyUnavailable, TransientError
 
 
 class KmsIntegrityError(TransientError):
     """An answer failed its CRC32C or key-name check: corrupted on the way; the call may be retried."""
 
 
-class KmsKeyUnusable(PermanentError):
+class KmsKeyUnusable(KeyUnavailable):
     """The key does not exist, is disabled, or this service account may not use it."""
 
 
@@ -93,11 +93,14 @@ class CloudKms:
             self._public_pem = response.pem.encode()
         return self._public_pem
 
-    def fingerprint_mac(self, message: bytes) -> bytes:
+    def fingerprint_mac(self, message: bytes, key_id: str | None = None) -> bytes:
+        version = key_id or self.fingerprint_key_id
+        if not _key_of(version) or _key_of(version) != _key_of(self.fingerprint_key_id):  # ours alone
+            raise KmsKeyUnusable(f"{version!r} is not a version of the configured fingerprint key")
         response = self._call(self._client.mac_sign, kms_v1.MacSignRequest(
-            name=self.fingerprint_key_id, data=message, data_crc32c=crc32c(message)))
+            name=version, data=message, data_crc32c=crc32c(message)))
         _require(response.verified_data_crc32c, "MacSign did not verify the data's checksum")
-        _require(response.name == self.fingerprint_key_id, "MacSign answered for another key version")
+        _require(response.name == version, "MacSign answered for another key version")
         _require(response.mac_crc32c == crc32c(response.mac), "the MAC failed its CRC32C")
         return response.mac
 
@@ -112,6 +115,11 @@ class CloudKms:
         except (google_errors.ServiceUnavailable, google_errors.DeadlineExceeded, google_errors.InternalServerError,
                 google_errors.TooManyRequests, google_errors.RetryError) as error:
             raise TransientError(f"Cloud KMS is unavailable: {type(error).__name__}") from None
+
+
+def _key_of(version: str) -> str:
+    key, separator, number = version.rpartition("/cryptoKeyVersions/")
+    return key if separator and number.isdigit() else ""
 
 
 def _require(condition: bool, problem: str) -> None:

@@ -44,5 +44,9 @@ class UserDeleted(PermanentError):
     """The user was deleted: nothing more is made or published for them."""
 
 
+class KeyUnavailable(PermanentError):
+    """A KMS key or key version does not exist here, is disabled or destroyed, or may not be used by this account."""
+
+
 class TransientError(Exception):
     """A dependency is unavailable; the delivery fails so that it is retried."""

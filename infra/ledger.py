@@ -23,7 +23,8 @@ _KIND = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
 
 
 def canonical_json(value: dict) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    """The bytes a signature covers; NaN and infinity are refused (they are not JSON)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class Ledger:
 
 def _verified(name: str, raw: bytes, public_key: ec.EllipticCurvePublicKey | None) -> LedgerEntry:
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_not_json)
         record = body["record"]
         signature = base64.b64decode(body["signature"], validate=True)
         if not isinstance(record, dict) or not isinstance(record.get("model_id"), str):
@@ -85,3 +86,7 @@ def _verified(name: str, raw: bytes, public_key: ec.EllipticCurvePublicKey | Non
     except InvalidSignature:
         return LedgerEntry(name, record, False, "signature does not verify", **evidence)
     return LedgerEntry(name, record, True, **evidence)
+
+
+def _not_json(constant: str) -> None:
+    raise ValueError(f"{constant} is not JSON")

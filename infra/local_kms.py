@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from infra.errors import EnvelopeError
+from infra.errors import EnvelopeError, KeyUnavailable
 
 _NONCE = 12
 
@@ -51,7 +51,9 @@ class LocalKms:
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
         )
 
-    def fingerprint_mac(self, message: bytes) -> bytes:
+    def fingerprint_mac(self, message: bytes, key_id: str | None = None) -> bytes:
+        if key_id is not None and key_id != self.fingerprint_key_id:
+            raise KeyUnavailable(f"fingerprint key version {key_id!r} is not in this key file")
         return hmac.new(self._fingerprint_key, message, hashlib.sha256).digest()
 
 

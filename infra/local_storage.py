@@ -68,12 +68,21 @@ class LocalBlobStore:
             return False
 
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
-        for path in sorted(self.root.rglob("*")):
-            if not path.is_file() or path.name.startswith(".tmp-"):
-                continue
-            name = path.relative_to(self.root).as_posix()
+        folder = prefix.rpartition("/")[0]  # walk only below the prefix's folder
+        start = self._path(folder) if folder else self.root
+        root = str(self.root)
+        found = []
+        for directory, _, files in os.walk(start):
+            relative = os.path.relpath(directory, root)
+            parts = () if relative == "." else tuple(relative.split(os.sep))
+            found += [(*parts, file) for file in files if not file.startswith(".tmp-")]
+        for parts in sorted(found):  # the order of a sorted Path list, as before
+            name = "/".join(parts)
             if name.startswith(prefix):
-                stat = path.stat()
+                try:
+                    stat = os.stat(os.path.join(root, *parts))
+                except FileNotFoundError:  # deleted since the walk
+                    continue
                 yield BlobInfo(name, stat.st_size, datetime.fromtimestamp(stat.st_mtime, timezone.utc))
 
     def download_url(self, name: str, ttl: timedelta) -> str:

@@ -63,8 +63,10 @@ class Kms(Protocol):
     def public_key_pem(self) -> bytes:
         """The signing key's public half, to verify ledger records."""
 
-    def fingerprint_mac(self, message: bytes) -> bytes:
-        """HMAC-SHA256 under the fingerprint secret."""
+    def fingerprint_mac(self, message: bytes, key_id: str | None = None) -> bytes:
+        """HMAC-SHA256 under the fingerprint secret: the version `key_id` names (a model's codeword comes from
+        the version its ledger record names), or the current one, `fingerprint_key_id`. Raises
+        infra.errors.KeyUnavailable for a version this KMS does not hold or may not use."""
 
 
 @dataclass(frozen=True)

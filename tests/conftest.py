@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import base64
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from functions.events import Signup
+from functions.events import Ready, Signup
 from functions.runner import StepResult, subscribe_steps
 from infra.bootstrap import MovableClock, local_ports
 from infra.ports import Ports
@@ -79,3 +80,44 @@ def trained_wired(trained_ports: Ports) -> list[StepResult]:
     results: list[StepResult] = []
     subscribe_steps(trained_ports.bus, trained_ports, results.append)
     return results
+
+
+@dataclass
+class Issued:
+    """Models the pipeline issued to alice, bob and carol: their ports (ledger, keys, base model), their
+    decrypted TFLite files, and the weights read back from them."""
+
+    workdir: Path
+    ports: Ports
+    models: dict  # user -> watermark.attacks.Weights
+    tflite: dict[str, bytes]
+
+
+ISSUED_USERS = ("alice", "bob", "carol")
+
+
+@pytest.fixture(scope="session")
+def issued(tmp_path_factory, base_models_dir) -> Issued:
+    from infra.envelope import open_sealed_bytes
+    from infra.local_storage import fetch_local_url
+    from watermark.attacks import Weights
+    from watermark.reader import read_tflite
+
+    workdir = tmp_path_factory.mktemp("issued")
+    shutil.copytree(base_models_dir, workdir / "buckets" / "models")
+    ports = local_ports(Settings(workdir=workdir), MovableClock())
+    subscribe_steps(ports.bus, ports)
+    keys = {user: ec.generate_private_key(ec.SECP256R1()) for user in ISSUED_USERS}
+    for user, key in keys.items():
+        ports.bus.publish(ports.settings.topics.signup, make_signup(user, key=key).to_dict())
+    ports.bus.drain()
+    tflite = {}
+    for message in ports.bus.journal(ports.settings.topics.ready):
+        ready = Ready.parse(message)
+        tflite[ready.user_id] = open_sealed_bytes(fetch_local_url(ready.download_url, ports.clock()),
+                                                  keys[ready.user_id])[1]
+    models = {}
+    for user, data in tflite.items():
+        read = read_tflite(data)
+        models[user] = Weights(read.kernels, read.biases)
+    return Issued(workdir, ports, models, tflite)

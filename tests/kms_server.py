@@ -24,6 +24,7 @@ KEY_RING = "projects/test/locations/europe-west1/keyRings/iml"
 WRAP_KEY = f"{KEY_RING}/cryptoKeys/staging"
 SIGNING_KEY_VERSION = f"{KEY_RING}/cryptoKeys/ledger/cryptoKeyVersions/1"
 FINGERPRINT_KEY_VERSION = f"{KEY_RING}/cryptoKeys/fingerprint/cryptoKeyVersions/1"
+ROTATED_FINGERPRINT_KEY_VERSION = f"{KEY_RING}/cryptoKeys/fingerprint/cryptoKeyVersions/2"
 
 
 def _crc(data: bytes) -> int:
@@ -34,7 +35,8 @@ class FakeCloudKms:
     def __init__(self) -> None:
         self.wrap_key = AESGCM(AESGCM.generate_key(bit_length=256))
         self.signing_key = ec.generate_private_key(ec.SECP256R1())
-        self.mac_key = os.urandom(32)
+        self.mac_key = os.urandom(32)  # version 1; version 2 is what a rotation adds
+        self.mac_keys = {FINGERPRINT_KEY_VERSION: self.mac_key, ROTATED_FINGERPRINT_KEY_VERSION: os.urandom(32)}
         self.corrupt: set[str] = set()
         self.calls: list[str] = []
         self._server: grpc.Server | None = None
@@ -42,7 +44,7 @@ class FakeCloudKms:
     # --- the methods, with real cryptography
 
     def encrypt(self, request: service.EncryptRequest, context) -> service.EncryptResponse:
-        self._known(request.name, WRAP_KEY, context)
+        self._known(request.name, WRAP_KEY, context=context)
         nonce = os.urandom(12)
         ciphertext = nonce + self.wrap_key.encrypt(nonce, request.plaintext, request.additional_authenticated_data)
         return self._spoil(service.EncryptResponse(
@@ -52,7 +54,7 @@ class FakeCloudKms:
                 request.additional_authenticated_data_crc32c == _crc(request.additional_authenticated_data))))
 
     def decrypt(self, request: service.DecryptRequest, context) -> service.DecryptResponse:
-        self._known(request.name, WRAP_KEY, context)
+        self._known(request.name, WRAP_KEY, context=context)
         if request.ciphertext_crc32c != _crc(request.ciphertext):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "ciphertext checksum mismatch")
         try:
@@ -63,7 +65,7 @@ class FakeCloudKms:
         return self._spoil(service.DecryptResponse(plaintext=plaintext, plaintext_crc32c=_crc(plaintext)))
 
     def asymmetric_sign(self, request: service.AsymmetricSignRequest, context) -> service.AsymmetricSignResponse:
-        self._known(request.name, SIGNING_KEY_VERSION, context)
+        self._known(request.name, SIGNING_KEY_VERSION, context=context)
         digest = request.digest.sha256
         signature = self.signing_key.sign(digest, ec.ECDSA(Prehashed(hashes.SHA256())))
         return self._spoil(service.AsymmetricSignResponse(
@@ -71,24 +73,24 @@ class FakeCloudKms:
             verified_digest_crc32c=request.digest_crc32c == _crc(digest)))
 
     def get_public_key(self, request: service.GetPublicKeyRequest, context) -> resources.PublicKey:
-        self._known(request.name, SIGNING_KEY_VERSION, context)
+        self._known(request.name, SIGNING_KEY_VERSION, context=context)
         pem = self.signing_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
         return self._spoil(resources.PublicKey(name=SIGNING_KEY_VERSION, pem=pem, pem_crc32c=_crc(pem.encode()),
                                                algorithm="EC_SIGN_P256_SHA256"))
 
     def mac_sign(self, request: service.MacSignRequest, context) -> service.MacSignResponse:
-        self._known(request.name, FINGERPRINT_KEY_VERSION, context)
-        mac = hmac.new(self.mac_key, request.data, hashlib.sha256).digest()
+        self._known(request.name, *self.mac_keys, context=context)
+        mac = hmac.new(self.mac_keys[request.name], request.data, hashlib.sha256).digest()
         return self._spoil(service.MacSignResponse(
-            name=FINGERPRINT_KEY_VERSION, mac=mac, mac_crc32c=_crc(mac),
+            name=request.name, mac=mac, mac_crc32c=_crc(mac),
             verified_data_crc32c=request.data_crc32c == _crc(request.data)))
 
     # --- plumbing
 
-    def _known(self, name: str, expected: str, context) -> None:
+    def _known(self, name: str, *expected: str, context) -> None:
         self.calls.append(name)
-        if name != expected:
+        if name not in expected:
             context.abort(grpc.StatusCode.NOT_FOUND, f"{name} not found")
 
     def _spoil(self, response):

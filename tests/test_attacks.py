@@ -3,60 +3,17 @@ nobody else; a model nobody was issued names nobody."""
 from __future__ import annotations
 
 import hashlib
-import shutil
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from functions import userdata
-from functions.events import Ready
-from functions.runner import subscribe_steps
-from infra.bootstrap import MovableClock, local_ports
-from infra.envelope import open_sealed_bytes
-from infra.local_storage import fetch_local_url
-from infra.settings import Settings
-from tests.conftest import make_signup
 from watermark import attacks
 from watermark.attacks import Weights
 from watermark.reader import read_tflite
 from watermark.verify import verify
 
-USERS = ("alice", "bob", "carol")
-
-
-@dataclass
-class Issued:
-    ports: object
-    models: dict[str, Weights]
-    tflite: dict[str, bytes]
-
-
-@pytest.fixture(scope="module")
-def issued(tmp_path_factory, base_models_dir) -> Issued:
-    workdir = tmp_path_factory.mktemp("issued")
-    shutil.copytree(base_models_dir, workdir / "buckets" / "models")
-    ports = local_ports(Settings(workdir=workdir), MovableClock())
-    subscribe_steps(ports.bus, ports)
-    keys = {user: ec.generate_private_key(ec.SECP256R1()) for user in USERS}
-    for user, key in keys.items():
-        ports.bus.publish(ports.settings.topics.signup, make_signup(user, key=key).to_dict())
-    ports.bus.drain()
-    tflite = {}
-    for message in ports.bus.journal(ports.settings.topics.ready):
-        ready = Ready.parse(message)
-        tflite[ready.user_id] = open_sealed_bytes(fetch_local_url(ready.download_url, ports.clock()),
-                                                  keys[ready.user_id])[1]
-    models = {user: _weights(read_tflite(data)) for user, data in tflite.items()}
-    return Issued(ports, models, tflite)
-
-
-def _weights(read) -> Weights:
-    return Weights(read.kernels, read.biases)
-
-
-def accused(issued: Issued, tflite: bytes) -> list[str]:
+def accused(issued, tflite: bytes) -> list[str]:
     verdict = verify(read_tflite(tflite), hashlib.sha256(tflite).hexdigest(), issued.ports.ledger,
                      issued.ports.kms, issued.ports.models)
     return verdict.accused
@@ -123,7 +80,7 @@ def _stranger_data():
     return data.x, data.y
 
 
-def _base_kernels(issued: Issued) -> list[np.ndarray]:
+def _base_kernels(issued) -> list[np.ndarray]:
     from functions import base_model
 
     return base_model.load_kernels(issued.ports.models)

@@ -14,13 +14,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from functions.runner import STEPS, Outcome, run_step
 from infra.bootstrap import build_ports
 from infra.cloud_kms import CloudKms, KmsIntegrityError, KmsKeyUnusable, client_for
-from infra.errors import EnvelopeError, TransientError
+from infra.errors import EnvelopeError, KeyUnavailable, TransientError
 from infra.ledger import Ledger
 from infra.local_storage import LocalBlobStore
 from infra.settings import Settings, SettingsError
 from infra.staging import get_staged, put_staged
 from tests.conftest import make_signup, model_step_event
-from tests.kms_server import FINGERPRINT_KEY_VERSION, SIGNING_KEY_VERSION, WRAP_KEY, FakeCloudKms
+from tests.kms_server import (FINGERPRINT_KEY_VERSION, ROTATED_FINGERPRINT_KEY_VERSION, SIGNING_KEY_VERSION, WRAP_KEY,
+                               FakeCloudKms)
 
 
 @pytest.fixture
@@ -55,6 +56,21 @@ def test_signatures_verify_with_the_published_key(server):
 def test_the_fingerprint_mac_is_hmac_sha256_under_the_kms_key(server):
     kms = adapter(server.endpoint)
     assert kms.fingerprint_mac(b"m-1") == hmac.new(server.mac_key, b"m-1", hashlib.sha256).digest()
+
+
+def test_a_records_key_version_gives_its_mac_after_a_rotation(server):
+    """The verifier derives each codeword under the version its ledger record names, not the current one."""
+    kms = adapter(server.endpoint, fingerprint_key_version=ROTATED_FINGERPRINT_KEY_VERSION)
+    assert kms.fingerprint_mac(b"m-1", FINGERPRINT_KEY_VERSION) == hmac.new(server.mac_key, b"m-1",
+                                                                             hashlib.sha256).digest()
+    assert kms.fingerprint_mac(b"m-1") == kms.fingerprint_mac(b"m-1", ROTATED_FINGERPRINT_KEY_VERSION) \
+        != kms.fingerprint_mac(b"m-1", FINGERPRINT_KEY_VERSION)
+    calls = len(server.calls)
+    with pytest.raises(KeyUnavailable, match="not a version of the configured fingerprint key"):
+        kms.fingerprint_mac(b"m-1", SIGNING_KEY_VERSION)  # another key's version: refused before any call
+    assert len(server.calls) == calls
+    with pytest.raises(KeyUnavailable):
+        kms.fingerprint_mac(b"m-1", FINGERPRINT_KEY_VERSION[:-1] + "9")  # destroyed or never made
 
 
 def test_the_ledger_and_the_staging_envelope_run_on_cloud_kms(server, tmp_path):

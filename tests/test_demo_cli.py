@@ -4,6 +4,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import math
 import os
 import shutil
 import stat
@@ -57,7 +58,9 @@ def test_the_leaked_model_names_its_user_and_a_model_never_issued_names_nobody(d
     report, _, _ = demo
     leak = report["leak"]
     assert leak["accused"] == [leak["leaked_user"]]
-    assert leak["p_value"] <= leak["p_threshold"] <= 1e-9
+    assert leak["log10_p_value"] <= leak["log10_p_threshold"] <= -9
+    assert leak["log10_p_value"] == pytest.approx(-leak["score"] ** 2 / (2 * math.log(10)))
+    assert leak.get("p_value", 1e-300) > 0  # given only where a double holds it: never 0
     assert report["never_issued"]["accused"] == []
     assert report["never_issued"]["best_p_value"] > 1e-3
 
@@ -75,7 +78,8 @@ def test_iml_verify_exit_status_says_the_verdict(demo):
     verdict = json.loads(accused.stdout)
     assert verdict["accused"] == [report["leak"]["leaked_user"]]
     assert verdict["candidates"][0]["user_id"] == report["leak"]["leaked_user"]
-    assert set(verdict["candidates"][0]) == {"user_id", "model_id", "score", "p_value"}
+    assert set(verdict["candidates"][0]) >= {"user_id", "model_id", "score", "log10_p_value", "fingerprint_key_id",
+                                             "accused"}
 
     nobody = iml("verify", report["never_issued"]["file"], "--workdir", str(workdir), "--json")
     assert nobody.returncode == 1 and json.loads(nobody.stdout)["accused"] == []

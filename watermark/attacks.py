@@ -73,6 +73,98 @@ def dummy_neurons(w: Weights, expansion: float, rng: np.random.Generator) -> Wei
     return Weights(kernels, biases)
 
 
+def frame(w: Weights, negative: int = 1, incoming_scale: float = 1e6, neuron: int = 0) -> Weights:
+    """The crafted file of an independent review, made from the attacker's own model to accuse others: hidden
+    neuron `neuron` of the first layer is silenced (bias -1e30: it never fires on real inputs), its incoming
+    weights are multiplied by `incoming_scale`, and its outgoing weights become +1e36 once and -1e36 `negative`
+    times; the model's outputs do not change. A verifier whose arithmetic overflows or loses the small weights
+    beside 1e36 accused innocent users with it, about a share 2^-(negative+1) of them."""
+    kernels, biases = [k.copy() for k in w.kernels], [b.copy() for b in w.biases]
+    kernels[0][:, neuron] *= incoming_scale
+    biases[0][neuron] = -1e30
+    kernels[1][neuron, :] = 0.0
+    kernels[1][neuron, 0] = 1e36
+    kernels[1][neuron, 1:1 + negative] = -1e36
+    return Weights(kernels, biases)
+
+
+@dataclass(frozen=True)
+class Mutation:
+    """One edit of a float32 TFLite file's weights, in place in its buffers (no converter involved).
+
+    kind: "set" (kernel weights at `count` positions from `index` become `value`), "set-bias", "negate" (`count`
+    kernel weights change sign), "scale-row" (one input's outgoing weights x `value`), "scale-column" (one
+    neuron's incoming weights x `value`), or "silence" (hidden neuron `index`: bias -1e30, incoming weights x
+    `value`, outgoing weights +1e36 once and -1e36 `count` times, as in `frame`). Indices wrap around."""
+
+    kind: str
+    layer: int
+    index: int
+    value: float = 0.0
+    count: int = 1
+
+
+MUTATION_KINDS = ("set", "set-bias", "negate", "scale-row", "scale-column", "silence")
+SPECIAL_VALUES = (1e30, -1e30, 1e36, -1e36, 3.4028235e38, -3.4028235e38, 1e-45, -1e-45, 0.0, float("inf"),
+                  float("-inf"), float("nan"))
+LARGE_FACTORS = (1e-30, 1e-6, 1e-3, -1.0, -1e6, 1e3, 1e6, 1e30, 1e38)
+
+
+def mutate_tflite(data: bytes, mutations: list[Mutation]) -> bytes:
+    """`data` (a float32 TFLite model) with `mutations` applied to its dense weights, byte for byte in place."""
+    from watermark.reader import read_tflite
+
+    read = read_tflite(data)
+    kernels = [k.astype(np.float32) for k in read.kernels]  # (in, out), as Keras holds them
+    biases = [b.astype(np.float32) for b in read.biases]
+    # TFLite stores a fully-connected kernel as (out, in); each array's bytes occur once in the file
+    offsets = [(_offset(data, k.T), _offset(data, b)) for k, b in zip(kernels, biases, strict=True)]
+    with np.errstate(over="ignore", invalid="ignore"):
+        for mutation in mutations:
+            _apply(mutation, kernels, biases)
+    patched = bytearray(data)
+    for (kernel_at, bias_at), kernel, bias in zip(offsets, kernels, biases, strict=True):
+        for at, array in ((kernel_at, kernel.T), (bias_at, bias)):
+            raw = np.ascontiguousarray(array, dtype="<f4").tobytes()
+            patched[at:at + len(raw)] = raw
+    return bytes(patched)
+
+
+def _offset(data: bytes, array: np.ndarray) -> int:
+    raw = np.ascontiguousarray(array, dtype="<f4").tobytes()
+    at = data.find(raw)
+    if at < 0 or data.find(raw, at + 1) >= 0:
+        raise ValueError("the weights do not occur exactly once in the file (not a float32 TFLite model?)")
+    return at
+
+
+def _apply(m: Mutation, kernels: list[np.ndarray], biases: list[np.ndarray]) -> None:
+    layer = m.layer % len(kernels)
+    kernel = kernels[layer]
+    positions = [(m.index + step * 7919) % kernel.size for step in range(max(m.count, 1))]
+    if m.kind == "set":
+        kernel.flat[positions] = m.value
+    elif m.kind == "set-bias":
+        biases[layer][m.index % biases[layer].size] = m.value
+    elif m.kind == "negate":
+        kernel.flat[positions] = -kernel.flat[positions]
+    elif m.kind == "scale-row":
+        kernel[m.index % kernel.shape[0], :] *= np.float32(m.value)
+    elif m.kind == "scale-column":
+        kernel[:, m.index % kernel.shape[1]] *= np.float32(m.value)
+    elif m.kind == "silence":
+        layer = m.layer % (len(kernels) - 1)  # a hidden layer: its neurons have outgoing weights
+        neuron = m.index % kernels[layer].shape[1]
+        outgoing = kernels[layer + 1][neuron, :]
+        kernels[layer][:, neuron] *= np.float32(m.value)
+        biases[layer][neuron] = -1e30
+        outgoing[:] = 0.0
+        outgoing[0] = 1e36
+        outgoing[1:1 + m.count] = -1e36
+    else:
+        raise ValueError(f"unknown mutation {m.kind!r}")
+
+
 def collude(models: list[Weights], how: str, rng: np.random.Generator) -> Weights:
     """k users pool their copies: the mean, the median, or each weight from a random one of them."""
     def combine(arrays: list[np.ndarray]) -> np.ndarray:

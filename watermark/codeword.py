@@ -15,8 +15,9 @@ from infra.ports import Kms
 DOMAIN = b"iml-fingerprint-v1\0"
 
 
-def codeword_seed(kms: Kms, model_id: str) -> bytes:
-    return kms.fingerprint_mac(DOMAIN + model_id.encode())
+def codeword_seed(kms: Kms, model_id: str, key_id: str) -> bytes:
+    """The seed under fingerprint key version `key_id`: the one the model's ledger record names."""
+    return kms.fingerprint_mac(DOMAIN + model_id.encode(), key_id)
 
 
 def expand(seed: bytes, n: int) -> np.ndarray:

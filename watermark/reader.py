@@ -6,7 +6,8 @@
 - `.keras` and SavedModel folders, through TensorFlow (imported only for them).
 
 Kernels come back input to output, in Keras orientation (in, out), as float64; their shapes may differ from
-the base model's (dummy neurons): alignment is watermark.align's job.
+the base model's (dummy neurons): alignment is watermark.align's job. A file handed in by a stranger is read
+through watermark.sandbox, in a child process that holds nothing worth stealing.
 """
 from __future__ import annotations
 
@@ -16,9 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-
-class UnreadableModel(ValueError):
-    """The file is not a model this reader knows, or it holds no dense layers."""
+from watermark.errors import UnreadableModel
 
 
 @dataclass(frozen=True)
@@ -52,16 +51,25 @@ def read_tflite(data: bytes) -> ReadModel:
         raise UnreadableModel("this LiteRT version does not expose the op graph the reader needs") from None
     details = {d["index"]: d for d in interpreter.get_tensor_details()}
     produced_by = {out: op for op in ops for out in op["outputs"]}
+
     def constant(index: int) -> tuple[np.ndarray, str]:
-        while index in produced_by and produced_by[index]["op_name"] == "DEQUANTIZE":
+        for _ in range(len(ops)):  # a crafted graph may chain DEQUANTIZE ops in a circle
+            if index not in produced_by or produced_by[index]["op_name"] != "DEQUANTIZE":
+                break
             index = int(produced_by[index]["inputs"][0])
+        if index not in details:
+            raise UnreadableModel("a fully-connected op names a weight tensor the model does not have")
         return _dequantized(interpreter, details[index])
 
     kernels, biases, kinds = [], [], set()
     for op in ops:
         if op["op_name"] != "FULLY_CONNECTED":
             continue
+        if len(op["inputs"]) < 2:
+            raise UnreadableModel("a fully-connected op has no weight input")
         weights, kind = constant(int(op["inputs"][1]))
+        if weights.ndim != 2:
+            raise UnreadableModel(f"a fully-connected weight tensor has {weights.ndim} dimensions, not 2")
         kinds.add(kind)
         kernels.append(weights.T)
         has_bias = len(op["inputs"]) > 2 and int(op["inputs"][2]) >= 0
@@ -87,8 +95,14 @@ def _dequantized(interpreter, detail: dict) -> tuple[np.ndarray, str]:
             raise UnreadableModel("an integer weight tensor has no quantization scale")
         shape = [1] * raw.ndim
         if scales.size > 1:
-            shape[q["quantized_dimension"]] = scales.size
-        return (raw.astype(np.float64) - zero_points.reshape(shape)) * scales.reshape(shape), "int8"
+            dimension = int(q["quantized_dimension"])
+            if not (0 <= dimension < raw.ndim and raw.shape[dimension] == scales.size):
+                raise UnreadableModel("an integer weight tensor's scales do not match its quantized dimension")
+            shape[dimension] = scales.size
+        if zero_points.size not in (1, scales.size):
+            raise UnreadableModel("an integer weight tensor's zero points do not match its scales")
+        offsets = zero_points.reshape(shape) if zero_points.size > 1 else zero_points[0]
+        return (raw.astype(np.float64) - offsets) * scales.reshape(shape), "int8"
     raise UnreadableModel(f"weights of type {raw.dtype} are not supported")
 
 

@@ -1,31 +1,61 @@
 """The verifier: which issued model is this file, and how sure are we.
 
-Reads the suspect's kernels, subtracts the base model it was made from, correlates the residual with the
-codeword of every issued model in the ledger (records whose signature fails are reported and left out),
-and accuses the users whose p-value clears alpha / (number of issued models); see watermark.detect.
+Reads the suspect's kernels (in a child process: watermark.sandbox), refuses non-finite weights, aligns the
+suspect to the base model each ledger record names, subtracts it, correlates the residual with the codeword
+of every issued model (derived under the fingerprint key version its record names), and accuses the users
+whose p-value clears alpha / M, M being every issued-model record read. Records that cannot be scored (a
+signature that fails, a key version or base model not at hand) are reported, never used, and still counted
+in M, which can only make the bound more conservative. See watermark.detect and docs/verifier.md.
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from functions import base_model
+from infra.errors import KeyUnavailable, ObjectMissing
 from infra.ledger import Ledger, LedgerEntry
 from infra.ports import BlobStore, Kms
-from watermark.align import IncompatibleModel, align
+from watermark.align import align
 from watermark.codeword import codeword_seed
-from watermark.detect import DEFAULT_ALPHA, accusation_threshold, p_value, weighted_residual, z_scores
-from watermark.reader import ReadModel, UnreadableModel
+from watermark.detect import (DEFAULT_ALPHA, Residual, log10_p_value, log10_threshold, representable,
+                              z_scores)
+from watermark.errors import ImplausibleWeights, IncompatibleModel, NoLedger, VerificationError
+from watermark.reader import ReadModel
+from watermark.sandbox import read_model_isolated
+
+DEFAULT_MAX_ACCUSED = 3
+REVIEW = "needs review: unusually many accused"
 
 
 @dataclass(frozen=True)
 class Candidate:
     user_id: str
     model_id: str
-    score: float
-    p_value: float
+    score: float  # z
+    log10_p_value: float
+    fingerprint_key_id: str
+    base_model_version: str
+    accused: bool
+
+    @property
+    def p_value(self) -> float | None:
+        return representable(self.log10_p_value)
+
+    def to_dict(self) -> dict:
+        row = {"user_id": self.user_id, "model_id": self.model_id, "score": self.score,
+               "log10_p_value": self.log10_p_value, "fingerprint_key_id": self.fingerprint_key_id,
+               "base_model_version": self.base_model_version, "accused": self.accused}
+        if self.p_value is not None:
+            row["p_value"] = self.p_value
+        return row
 
 
 @dataclass(frozen=True)
@@ -33,31 +63,80 @@ class Verdict:
     file_sha256: str
     format: str
     alignment: list[str]
-    models_ranked: int
+    models_ranked: int  # M: every issued-model record read, scored or excluded
+    models_scored: int
     alpha: float
-    p_threshold: float
+    log10_p_threshold: float
+    max_accused: int
     accused: list[str]
     candidates: list[Candidate]
     excluded_records: list[str] = field(default_factory=list)
     accused_records: list[LedgerEntry] = field(default_factory=list)  # signature checked
-    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # every issued model's z, for the report
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # every scored model's z, for the report
+
+    @property
+    def p_threshold(self) -> float | None:
+        return representable(self.log10_p_threshold)
+
+    @property
+    def needs_review(self) -> bool:
+        return len(self.accused) > self.max_accused
+
+    @property
+    def review_reason(self) -> str | None:
+        if not self.needs_review:
+            return None
+        return f"{REVIEW} ({len(self.accused)} users, more than --max-accused {self.max_accused})"
 
     def to_dict(self) -> dict:
-        return {
+        body = {
             "file_sha256": self.file_sha256,
             "format": self.format,
             "alignment": self.alignment,
             "models_ranked": self.models_ranked,
+            "models_scored": self.models_scored,
             "alpha": self.alpha,
-            "p_threshold": self.p_threshold,
+            "log10_p_threshold": self.log10_p_threshold,
             "accused": self.accused,
-            "candidates": [c.__dict__ for c in self.candidates],
+            "max_accused": self.max_accused,
+            "needs_review": self.needs_review,
+            "review_reason": self.review_reason,
+            "candidates": [c.to_dict() for c in self.candidates],
             "excluded_records": self.excluded_records,
         }
+        if self.p_threshold is not None:
+            body["p_threshold"] = self.p_threshold
+        return body
+
+    def to_json(self) -> str:
+        """Strict JSON: a value JSON cannot hold (NaN, infinity) is an error, never written."""
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
 
 
-class NoLedger(ValueError):
-    """There is no issued model to compare against."""
+def verify_file(
+    path: Path,
+    ledger: Ledger,
+    kms: Kms,
+    models: BlobStore,
+    *,
+    read: Callable[[Path], ReadModel] = read_model_isolated,
+    **options,
+) -> Verdict:
+    """Read the file at `path` (apart, by default) and rank every issued model against it."""
+    return verify(read(Path(path)), file_sha256(Path(path)), ledger, kms, models, **options)
+
+
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256; for a SavedModel folder, of its files' relative names and contents, in name order."""
+    digest = hashlib.sha256()
+    parts = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for part in parts:
+        if path.is_dir():
+            digest.update(part.relative_to(path).as_posix().encode() + b"\0")
+        with open(part, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def verify(
@@ -69,54 +148,120 @@ def verify(
     *,
     alpha: float = DEFAULT_ALPHA,
     top: int = 5,
+    max_accused: int = DEFAULT_MAX_ACCUSED,
     progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> Verdict:
     """Rank every issued model in the ledger against `suspect`. Signatures are checked for the records that
-    are shown or accused; a record whose signature fails is reported and never used. Every record read counts
-    in the union bound, checked or not, which can only make the bound more conservative."""
-    entries = [entry for entry in ledger.entries("issued", checked=False)]
-    excluded = [f"{e.name}: {e.problem}" for e in entries if e.valid is False]
-    entries = [e for e in entries if e.valid is not False]
+    are shown or accused; a record whose signature fails is reported and never used."""
+    if not (0 < alpha < 1 and math.isfinite(alpha)):
+        raise VerificationError(f"alpha must lie strictly between 0 and 1, not {alpha!r}")
+    check_finite(suspect)
+    entries = list(ledger.entries("issued", checked=False))
     if not entries:
         raise NoLedger("the ledger holds no record of an issued model")
-    threshold = accusation_threshold(len(entries), alpha)
+    threshold = log10_threshold(len(entries), alpha)
+    excluded = [f"{e.name}: {e.problem}" for e in entries if e.valid is False]
+    groups: dict[str, list[LedgerEntry]] = defaultdict(list)
+    for entry in entries:
+        if entry.valid is not False:
+            groups[str(entry.record.get("base_model_version", ""))].append(entry)
     scored: list[tuple[float, LedgerEntry]] = []
     alignment_report: list[str] = []
-    for version in sorted({e.record.get("base_model_version", "") for e in entries}):
-        group = [e for e in entries if e.record.get("base_model_version", "") == version]
-        base_kernels = base_model.load_kernels(models, version)
-        aligned = align(suspect.kernels, base_kernels)
-        alignment_report += [f"{version}: {line}" for line in aligned.report]
-        residual = weighted_residual(aligned.kernels, base_kernels)
-        seeds = [codeword_seed(kms, e.record["model_id"]) for e in group]
-        scores = z_scores(residual, seeds, progress=progress)
-        scored += zip(scores.tolist(), group)
-    scored.sort(key=lambda pair: pair[0], reverse=True)
-    candidates: list[Candidate] = []
-    checked_entries: dict[str, LedgerEntry] = {}
-    for z, entry in scored:  # best first; check signatures until `top` are shown and every accusable one is settled
-        if len(candidates) >= top and p_value(z) > threshold:
-            break
-        checked = ledger.check(entry)
-        if not checked.valid:
-            excluded.append(f"{entry.name}: {checked.problem}")
+    incompatible: list[IncompatibleModel] = []
+    for version, group in sorted(groups.items()):
+        try:
+            base_kernels = base_model.load_kernels(models, version)
+        except ObjectMissing:
+            excluded += [f"{e.name}: base model {version!r} is not at hand" for e in group]
             continue
-        candidates.append(Candidate(checked.record["user_id"], checked.record["model_id"], z, p_value(z)))
-        checked_entries[checked.record["model_id"]] = checked
-    accused = sorted({c.user_id for c in candidates if c.p_value <= threshold})
+        try:
+            aligned = align(suspect.kernels, base_kernels)
+        except IncompatibleModel as error:
+            incompatible.append(error)
+            excluded += [f"{e.name}: the file cannot descend from base model {version!r} ({error})" for e in group]
+            continue
+        alignment_report += [f"{version}: {line}" for line in aligned.report]
+        residual = Residual.of(aligned.kernels, base_kernels)
+        seeds, group = _codeword_seeds(kms, group, excluded)
+        scored += zip(z_scores(residual, seeds, progress=progress).tolist(), group)
+    if not scored:
+        if incompatible and len(incompatible) == len(groups):
+            raise incompatible[0]
+        raise NoLedger(f"none of the {len(entries)} issued-model records can be scored: "
+                       + "; ".join(excluded[:3]) + (" ..." if len(excluded) > 3 else ""))
+    candidates, checked_entries = _candidates(scored, ledger, threshold, top, excluded)
+    accused = sorted({c.user_id for c in candidates if c.accused})
     return Verdict(
         file_sha256=file_sha256,
         format=suspect.format,
         alignment=alignment_report,
         models_ranked=len(entries),
+        models_scored=len(scored),
         alpha=alpha,
-        p_threshold=threshold,
+        log10_p_threshold=threshold,
+        max_accused=max_accused,
         accused=accused,
-        candidates=candidates[:top] + [c for c in candidates[top:] if c.user_id in accused],
+        candidates=candidates[:top] + [c for c in candidates[top:] if c.accused],
         excluded_records=excluded,
-        accused_records=[checked_entries[c.model_id] for c in candidates if c.p_value <= threshold],
+        accused_records=[checked_entries[c.model_id] for c in candidates if c.accused],
         scores=np.array([z for z, _ in scored]),
     )
 
 
-__all__ = ["Candidate", "IncompatibleModel", "NoLedger", "UnreadableModel", "Verdict", "verify"]
+def check_finite(suspect: ReadModel) -> None:
+    """Refuse, naming the layer, any weight that is NaN or infinite."""
+    for kind, arrays in (("kernel", suspect.kernels), ("bias", suspect.biases)):
+        for layer, array in enumerate(arrays, start=1):
+            if not np.all(np.isfinite(array)):
+                raise ImplausibleWeights(f"dense layer {layer}", f"the {kind} holds a weight that is not finite")
+
+
+def _codeword_seeds(kms: Kms, group: list[LedgerEntry], excluded: list[str]):
+    """Each record's codeword seed under the key version it names; records whose version is unavailable are
+    excluded (one KMS refusal settles a version)."""
+    seeds, kept, unavailable = [], [], {}
+    for entry in group:
+        version = entry.record.get("fingerprint_key_id")
+        if not isinstance(version, str) or not version:
+            excluded.append(f"{entry.name}: the record names no fingerprint key version")
+            continue
+        if version not in unavailable:
+            try:
+                seeds.append(codeword_seed(kms, entry.record["model_id"], version))
+                kept.append(entry)
+                continue
+            except KeyUnavailable as error:
+                unavailable[version] = str(error)
+        excluded.append(f"{entry.name}: fingerprint key version {version!r} is unavailable "
+                        f"({unavailable[version]})")
+    return seeds, kept
+
+
+def _candidates(scored, ledger: Ledger, threshold: float, top: int, excluded: list[str]):
+    """Best first: check signatures until `top` are shown and every accusable record is settled."""
+    scored.sort(key=lambda pair: pair[0], reverse=True)
+    candidates: list[Candidate] = []
+    checked_entries: dict[str, LedgerEntry] = {}
+    for z, entry in scored:
+        log10_p = log10_p_value(z)
+        if len(candidates) >= top and log10_p > threshold:
+            break
+        checked = ledger.check(entry)
+        if not checked.valid:
+            excluded.append(f"{entry.name}: {checked.problem}")
+            continue
+        if checked.record != entry.record:
+            excluded.append(f"{entry.name}: the record changed while it was being verified")
+            continue
+        if not isinstance(checked.record.get("user_id"), str):
+            excluded.append(f"{entry.name}: the record names no user")
+            continue
+        candidates.append(Candidate(
+            user_id=checked.record["user_id"], model_id=checked.record["model_id"], score=z, log10_p_value=log10_p,
+            fingerprint_key_id=checked.record["fingerprint_key_id"],
+            base_model_version=str(checked.record.get("base_model_version", "")), accused=log10_p <= threshold))
+        checked_entries[checked.record["model_id"]] = checked
+    return candidates, checked_entries
+
+
+__all__ = ["Candidate", "Verdict", "VerificationError", "check_finite", "file_sha256", "verify", "verify_file"]
