@@ -16,7 +16,31 @@ from rich.table import Table
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 EXIT_ACCUSED, EXIT_NOBODY, EXIT_ERROR = 0, 1, 2
-err = Console(stderr=True, soft_wrap=True)  # messages stay on one line for grep and log readers
+
+
+class _Console(Console):
+    """A closed pipe (`iml verify ... | head -0`) ends a command with exit 2: its output was not delivered, and
+    `iml verify`'s exit 0 and 1 are verdicts, never left to a library's choice."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        _silence(sys.stdout)
+        _silence(sys.stderr)
+        raise SystemExit(EXIT_ERROR)
+
+
+def _silence(stream) -> None:
+    """Point a closed pipe's descriptor at /dev/null, so that nothing written later (a flush at exit) fails."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, stream.fileno())
+    except (OSError, ValueError):
+        pass
+    finally:
+        os.close(devnull)
+
+
+err = _Console(stderr=True, soft_wrap=True)  # messages stay on one line for grep and log readers
 
 
 @click.group()
@@ -78,24 +102,42 @@ def verify_command(model_file: Path, workdir: Path | None, ledger_uri: str | Non
                    as_json: bool, report_path: Path | None) -> None:
     """Name the user a leaked MODEL_FILE (.tflite in any quantization, .keras, or a SavedModel folder) was issued
     to. Exit 0: someone accused; 1: nobody; 2: error (no verdict, whatever the error)."""
+    written: list[Path] = []
     try:
-        verdict = _verify(model_file, workdir, ledger_uri, alpha, max_accused, as_json, report_path)
-    except SystemExit:
-        raise
-    except Exception as error:  # every failure is exit 2 with a message, never a verdict's exit status
-        from infra.errors import PermanentError, TransientError
-        from watermark.errors import VerificationError
-
-        if isinstance(error, (VerificationError, PermanentError, TransientError)):
-            _fail(str(error))
-        _fail(f"internal error ({type(error).__name__}); no verdict was given")
+        verdict = _verify(model_file, workdir, ledger_uri, alpha, max_accused, as_json, report_path, written)
+    except BaseException as stop:  # every way out but a verdict is exit 2 with a message, and leaves no report
+        for path in written:
+            path.unlink(missing_ok=True)
+        if isinstance(stop, SystemExit) and stop.code == EXIT_ERROR:
+            raise
+        _fail(_why_no_verdict(stop))
     sys.exit(EXIT_ACCUSED if verdict.accused else EXIT_NOBODY)
 
 
+def _why_no_verdict(stop: BaseException) -> str:
+    from infra.errors import PermanentError, TransientError
+    from watermark.errors import VerificationError
+
+    if isinstance(stop, (VerificationError, PermanentError, TransientError)):
+        return str(stop)
+    if isinstance(stop, KeyboardInterrupt):
+        return "interrupted; no verdict was given"
+    if isinstance(stop, BrokenPipeError) or isinstance(stop, SystemExit):
+        _silence(sys.stdout)
+        return "the output could not be written (a closed pipe?); no verdict was given"
+    return f"internal error ({type(stop).__name__}); no verdict was given"
+
+
 def _verify(model_file: Path, workdir: Path | None, ledger_uri: str | None, alpha: float, max_accused: int,
-            as_json: bool, report_path: Path | None):
+            as_json: bool, report_path: Path | None, written: list[Path]):
+    """The verdict, its report (paths appended to `written` as they are made), then its printout."""
+    from watermark.report import report_paths
+    from watermark.sandbox import shield_this_process
     from watermark.verify import verify_file
 
+    shield_this_process()  # it holds the ledger's and the fingerprint key's access while a stranger's file is read
+    if report_path:
+        report_paths(report_path)  # refused before any work when it would overwrite a file
     ports = _verifier_ports(workdir, ledger_uri)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err,
                   transient=True, disable=as_json) as bars:
@@ -109,12 +151,13 @@ def _verify(model_file: Path, workdir: Path | None, ledger_uri: str | None, alph
         source = f"--ledger {ledger_uri}" if ledger_uri else f"--workdir {workdir}"
         command = (f"iml verify {model_file} {source} --alpha {alpha} --max-accused {max_accused} "
                    f"--report {report_path}")
-        written = write_report(verdict, report_path, ports.kms, file_name=model_file.name, command=command,
-                               parameters={"alpha": alpha, "max_accused": max_accused,
-                                           "ledger": ledger_uri or str(workdir)})
+        written += write_report(verdict, report_path, ports.kms, file_name=model_file.name, command=command,
+                                parameters={"alpha": alpha, "max_accused": max_accused,
+                                            "ledger": ledger_uri or str(workdir)})
         err.print(f"evidence report: {written[0]} (signed twin: {written[1]})", markup=False)
     if as_json:
         click.echo(verdict.to_json())
+        sys.stdout.flush()  # a closed pipe shows here, while the report can still be taken back
     else:
         _print_verdict(verdict, model_file)
     return verdict
@@ -326,11 +369,16 @@ def _verifier_ports(workdir: Path | None, ledger_uri: str | None):
 def _fail(message: str) -> None:
     """Exit 2 with the message. It may quote a parser that quoted a stranger's file: no markup or control
     characters of it reach the terminal."""
+    err.print(f"[bold red]error:[/] {_plain(message)}")
+    sys.exit(EXIT_ERROR)
+
+
+def _plain(text: str) -> str:
+    """Text that may come from a stranger (a parser quoting a file, a ledger object's name), shown as it is:
+    no markup, no control characters (no forged lines, no terminal escapes)."""
     from rich.markup import escape
 
-    printable = "".join(c if c.isprintable() else "?" for c in message)
-    err.print(f"[bold red]error:[/] {escape(printable)}")
-    sys.exit(EXIT_ERROR)
+    return escape("".join(c if c.isprintable() else "?" for c in text))
 
 
 @contextlib.contextmanager
@@ -382,37 +430,35 @@ def _print_demo(report: dict) -> None:
 
 
 def _print_verdict(verdict, model_file: Path) -> None:
-    from rich.markup import escape
-
     from watermark.detect import format_p, z_threshold
 
     out = _wide_console()
-    table = Table(title=f"{escape(model_file.name)}: best of {verdict.models_scored} scored issued models",
+    table = Table(title=f"{_plain(model_file.name)}: best of {verdict.models_scored} scored issued models",
                   box=box.SIMPLE_HEAD)
     table.add_column("user", no_wrap=True)
     table.add_column("model", no_wrap=True, min_width=34)  # whole: people copy model ids
     for column in ("score z", "log10 p", "p-value", ""):
         table.add_column(column, justify="right")
     for c in verdict.candidates:
-        table.add_row(escape(c.user_id), escape(c.model_id), f"{c.score:.2f}", f"{c.log10_p_value:.2f}",
+        table.add_row(_plain(c.user_id), _plain(c.model_id), f"{c.score:.2f}", f"{c.log10_p_value:.2f}",
                       format_p(c.log10_p_value), "accused" if c.accused else "")
     out.print(table)
     for line in verdict.excluded_records:  # read from the ledger before any signature was checked
-        err.print(f"[yellow]excluded ledger record[/] {escape(line)}")
+        err.print(f"[yellow]excluded ledger record[/] {_plain(line)}")
     threshold = (f"p <= {format_p(verdict.log10_p_threshold)}, log10 p <= {verdict.log10_p_threshold:.2f}, "
                  f"z >= {z_threshold(verdict.log10_p_threshold):.2f}")
     if verdict.accused:
-        out.print(f"[bold]Accused:[/] {escape(', '.join(verdict.accused))} ({threshold}; the chance of accusing any "
-                  f"innocent user is at most {verdict.alpha:.3g})")
+        out.print(f"[bold]Accused:[/] {_plain(', '.join(verdict.accused))} ({threshold}; the chance of accusing "
+                  f"any innocent user is at most {verdict.alpha:.3g})")
     else:
         out.print(f"Nobody accused: no issued model's fingerprint is significant ({threshold}).")
-    if verdict.needs_review:
-        out.print(f"[bold yellow]{verdict.review_reason}[/]")
+    for reason in verdict.review_reasons:
+        out.print(f"[bold yellow]{_plain(reason)}[/]")
 
 
 def _wide_console() -> Console:
     """A terminal keeps its width; piped output (a file, a log, another tool) is never cut to 80 columns."""
-    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+    return _Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 
 
 def _pct(value: float | None) -> str:

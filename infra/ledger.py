@@ -17,9 +17,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from infra.errors import ObjectMissing
 from infra.ports import BlobStore, Kms
 
 _KIND = re.compile(r"^[a-z][a-z0-9-]{0,40}$")
+
+
+def record_name(model_id: str, kind: str) -> str:
+    """Where the record of `kind` about `model_id` is kept: one object per pair, so a record is created once."""
+    return f"records/{model_id}/{kind}.json"
 
 
 def canonical_json(value: dict) -> bytes:
@@ -52,7 +58,7 @@ class Ledger:
             "signature": base64.b64encode(self._kms.sign(canonical_json(record))).decode(),
             "signing_key_id": self._kms.signing_key_id,
         }
-        return self._store.put(f"records/{model_id}/{kind}.json", canonical_json(body), if_absent=True)
+        return self._store.put(record_name(model_id, kind), canonical_json(body), if_absent=True)
 
     def entries(self, kind: str | None = None, *, checked: bool = True) -> Iterator[LedgerEntry]:
         """Every record (of one kind), each with its signature checked unless `checked` is False (then
@@ -61,12 +67,20 @@ class Ledger:
         suffix = f"/{kind}.json" if kind else ".json"
         for info in self._store.list("records/"):
             if info.name.endswith(suffix):
-                yield _verified(info.name, self._store.get(info.name), public_key)
+                yield self._read(info.name, public_key)
 
     def check(self, entry: LedgerEntry) -> LedgerEntry:
         """The entry, re-read with its signature checked."""
-        public_key = serialization.load_pem_public_key(self._kms.public_key_pem())
-        return _verified(entry.name, self._store.get(entry.name), public_key)
+        return self._read(entry.name, serialization.load_pem_public_key(self._kms.public_key_pem()))
+
+    def _read(self, name: str, public_key: ec.EllipticCurvePublicKey | None) -> LedgerEntry:
+        """An object that cannot be read (gone since it was listed, or a name no store accepts) is a record
+        that fails, never a failure of the reader."""
+        try:
+            raw = self._store.get(name)
+        except (ObjectMissing, ValueError):
+            return LedgerEntry(name, {}, False, "the record cannot be read")
+        return _verified(name, raw, public_key)
 
 
 def _verified(name: str, raw: bytes, public_key: ec.EllipticCurvePublicKey | None) -> LedgerEntry:

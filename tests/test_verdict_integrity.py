@@ -196,7 +196,7 @@ def test_unusually_many_accused_is_flagged_for_review(crowd, issued, tmp_path):
     body = strict_json(result.stdout)
     assert code == 0 and body["accused"] == ["alice", "bob"]
     assert body["needs_review"] is True
-    assert body["review_reason"].startswith("needs review: unusually many accused")
+    assert body["review_reasons"][0].startswith("needs review: unusually many accused (2 users")
     assert "needs review: unusually many accused" in report.read_text()
     assert strict_json(report.with_suffix(".json").read_text())["report"]["needs_review"] is True
     human = CliRunner().invoke(main, ["verify", str(path), "--workdir", str(crowd.workdir), "--max-accused", "1"])
@@ -326,3 +326,96 @@ def test_truncated_and_garbage_files_exit_2(crowd, tmp_path):
         path.write_bytes(data)
         code, result = verify_cli(crowd, path)
         assert code == 2 and result.stdout == "" and "error:" in result.stderr, name
+
+
+def test_a_handed_back_format_outside_the_readers_list_or_compressed_arrays_are_refused():
+    """A parser exploited by its file could smuggle text out through the format, or inflate in the verifier."""
+    import io
+
+    from watermark.reader import ReadModel
+    from watermark.sandbox import from_npz, to_npz
+
+    model = ReadModel("tflite float32", [np.ones((2, 3))], [np.zeros(3)])
+    assert from_npz(to_npz(model)).format == "tflite float32"
+    with pytest.raises(UnreadableModel, match="no known format"):
+        from_npz(to_npz(ReadModel("tflite float32 GOOGLE_APPLICATION_CREDENTIALS=/x", model.kernels, model.biases)))
+    squeezed = io.BytesIO()
+    np.savez_compressed(squeezed, format=np.array("keras"), kernel_000=np.zeros((2, 3)), bias_000=np.zeros(3))
+    with pytest.raises(UnreadableModel, match="compressed"):
+        from_npz(squeezed.getvalue())
+
+
+def test_a_folder_is_taken_in_with_files_only_and_its_digest_is_sha256sum_of_its_manifest(tmp_path):
+    import subprocess
+
+    from watermark.sandbox import file_sha256, snapshot
+
+    folder = tmp_path / "saved"
+    (folder / "variables").mkdir(parents=True)
+    (folder / "saved_model.pb").write_bytes(b"graph")
+    (folder / "variables" / "variables.index").write_bytes(b"index")
+    copy = snapshot(folder, tmp_path)
+    manifest = subprocess.run("find . -type f | sed 's|^./||' | LC_ALL=C sort | xargs sha256sum | sha256sum",
+                              shell=True, cwd=folder, capture_output=True, text=True, check=True).stdout.split()[0]
+    assert file_sha256(copy) == manifest
+    (folder / "variables" / "elsewhere").symlink_to("/etc/hostname")
+    (tmp_path / "again").mkdir()
+    with pytest.raises(UnreadableModel, match="a link, a pipe or a device"):
+        snapshot(folder, tmp_path / "again")
+
+
+def test_a_disguised_copy_that_names_nobody_is_flagged_for_review(crowd, tmp_path):
+    """Pixel 0 of every digit is 0: scaling its weights leaves the model's function alone but scrambles the
+    cosine matching. Nobody is accused (a missed accusation, never a false one), and the verdict says to look."""
+    path = tmp_path / "disguised.tflite"
+    path.write_bytes(attacks.mutate_tflite(crowd.source, [Mutation("scale-row", 0, 0, 1e6)]))
+    code, result = verify_cli(crowd, path)
+    body = strict_json(result.stdout)
+    assert code == 1 and body["accused"] == [] and body["needs_review"] is True
+    assert any("alignment to digits-mlp-v1 matched" in reason for reason in body["review_reasons"])
+
+
+def test_junk_in_the_ledger_is_excluded_and_the_rest_still_scored(crowd, tmp_path):
+    workdir = tmp_path / "work"
+    shutil.copytree(crowd.workdir, workdir)
+    records = workdir / "buckets" / "evidence" / "records"
+    (records / "zzz").mkdir()
+    (records / "zzz" / "issued.json").write_text('{"record": {"model_id": "zzz"}, "signature": ""}')
+    (records / "yyy").mkdir()
+    (records / "yyy" / "issued.json").write_text(
+        '{"record": {"model_id": "yyy", "base_model_version": "../../etc"}, "signature": ""}')
+    path = tmp_path / "leak.tflite"
+    path.write_bytes(crowd.source)
+    result = CliRunner().invoke(main, ["verify", str(path), "--workdir", str(workdir), "--json"])
+    body = strict_json(result.stdout)
+    assert result.exit_code == 0 and body["accused"] == [SOURCE] and body["models_ranked"] == CROWD + 5
+    assert sorted(body["excluded_records"]) == [
+        "records/yyy/issued.json: the record names no valid base model version",
+        "records/zzz/issued.json: the record names no valid base model version"]
+
+
+def test_a_report_never_overwrites_a_file(crowd, tmp_path):
+    path = tmp_path / "leak.tflite"
+    path.write_bytes(crowd.source)
+    code, result = verify_cli(crowd, path, "--report", str(path))  # would replace the evidence itself
+    assert code == 2 and "exists already" in result.stderr and path.read_bytes() == crowd.source
+    (tmp_path / "r.json").write_text("earlier twin")
+    code, result = verify_cli(crowd, path, "--report", str(tmp_path / "r.html"))
+    assert code == 2 and not (tmp_path / "r.html").exists()
+    assert (tmp_path / "r.json").read_text() == "earlier twin"
+
+
+def test_a_closed_pipe_is_exit_2_and_takes_the_report_back(crowd, tmp_path):
+    """`iml verify ... | head -c 0`: the verdict never reached anyone, so it is no verdict, and no report stays."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "leak.tflite"
+    path.write_bytes(crowd.source)
+    report = tmp_path / "r.html"
+    iml = f"{sys.executable} -m iml verify {path} --workdir {crowd.workdir}"
+    for extra in ("--json", f"--json --report {report}", ""):
+        done = subprocess.run(["bash", "-c", f"{iml} {extra} | (exec 0<&-; sleep 0); exit ${{PIPESTATUS[0]}}"],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 2, (extra, done.stderr)
+        assert not report.exists() and not report.with_suffix(".json").exists()

@@ -37,11 +37,12 @@ MAX_WIDTH_FACTOR = 16
 class Alignment:
     kernels: list[np.ndarray]  # the suspect's kernels, in the base model's shapes and neuron order
     report: list[str]  # what was undone, layer by layer, for the evidence report
+    matched: list[tuple[int, int]]  # per hidden layer: base neurons that found a suspect neuron, of how many
 
 
 def align(suspect: list[np.ndarray], base: list[np.ndarray], min_cosine: float = MIN_COSINE) -> Alignment:
     _check_shapes(suspect, base)
-    aligned, report = [], []
+    aligned, report, matched = [], [], []
     incoming = suspect[0].astype(np.float64)
     for layer, reference in enumerate(base[:-1]):
         mapping, scales, cosines, out_of_range = _match(incoming, reference.astype(np.float64), min_cosine)
@@ -58,8 +59,9 @@ def align(suspect: list[np.ndarray], base: list[np.ndarray], min_cosine: float =
         aligned.append(columns)
         incoming = moves.T @ suspect[layer + 1].astype(np.float64)  # outgoing weights follow, scaled, summed
         report.append(_describe(layer, mapping, scales, out_of_range, reference.shape[1]))
+        matched.append((int(np.unique(mapping[mapping >= 0]).size), reference.shape[1]))
     aligned.append(incoming)
-    return Alignment(aligned, report)
+    return Alignment(aligned, report, matched)
 
 
 def _check_shapes(suspect: list[np.ndarray], base: list[np.ndarray]) -> None:

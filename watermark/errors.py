@@ -45,3 +45,9 @@ class ScoringError(VerificationError):
     verifier, reported instead of a verdict."""
 
     kind = "internal"
+
+
+class ReportExists(VerificationError):
+    """The evidence report or its twin would replace a file: evidence is never overwritten."""
+
+    kind = "report-exists"

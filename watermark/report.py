@@ -21,6 +21,7 @@ import numpy as np
 from infra.ledger import canonical_json
 from infra.ports import Kms
 from watermark.detect import format_p, z_threshold
+from watermark.errors import ReportExists
 from watermark.verify import Verdict
 
 BOUND = ("For an innocent user's model j, the codeword c_j is independent of the file, so by Hoeffding's "
@@ -71,9 +72,9 @@ def report_body(verdict: Verdict, *, file_name: str, command: str, parameters: d
 
 def write_report(verdict: Verdict, html_path: Path, kms: Kms, *, file_name: str, command: str,
                  parameters: dict) -> tuple[Path, Path]:
-    """Write the HTML report and its signed JSON twin (same name, .json), both or neither; returns both paths.
-    Everything is rendered, signed and checked in memory first; only then are the two files written, each to a
-    temporary name beside its target and renamed into place."""
+    """Write the HTML report and its signed JSON twin (same name, .json), both or neither, readable by their
+    owner only; returns both paths. Everything is rendered, signed and checked in memory first; only then are
+    the two files written, each to a temporary name beside its target and linked into place."""
     body = report_body(verdict, file_name=file_name, command=command, parameters=parameters,
                        public_key_pem=kms.public_key_pem().decode())
     signed = canonical_json(body)
@@ -83,13 +84,24 @@ def write_report(verdict: Verdict, html_path: Path, kms: Kms, *, file_name: str,
     twin_text = json.dumps(twin, indent=2, sort_keys=True, allow_nan=False)
     page = _html(body, _plot(verdict))
     _check_pair(twin_text, page, kms)
+    html_path, json_path = report_paths(html_path)
+    html_path.parent.mkdir(parents=True, exist_ok=True)
+    _create_both({json_path: twin_text, html_path: page})
+    return html_path, json_path
+
+
+def report_paths(html_path: Path) -> tuple[Path, Path]:
+    """The report and its twin; ReportExists when either is there already (evidence is never overwritten,
+    and a report can never replace the file it is about)."""
     html_path = Path(html_path)
     json_path = html_path.with_suffix(".json")
     if json_path == html_path:
-        raise ValueError("the report's name must not end in .json: its signed twin takes that name")
-    html_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_both({json_path: twin_text, html_path: page})
+        raise ReportExists("the report's name must not end in .json: its signed twin takes that name")
+    for path in (html_path, json_path):
+        if os.path.lexists(path):
+            raise ReportExists(f"{path} exists already: evidence is never overwritten; choose another name")
     return html_path, json_path
+
 
 
 def _check_pair(twin_text: str, page: str, kms: Kms) -> None:
@@ -108,24 +120,31 @@ def _refuse(constant: str) -> None:
     raise ValueError(f"the report holds {constant}, which is not JSON")
 
 
-def _write_both(contents: dict[Path, str]) -> None:
-    temporary: dict[Path, Path] = {}
-    renamed: list[Path] = []
+def _create_both(contents: dict[Path, str]) -> None:
+    """Each text written whole under a temporary name, then linked to its target, which must not exist (a
+    link, unlike a rename, never replaces a file); on any failure every file this made is removed."""
+    temporary: list[Path] = []
+    created: list[Path] = []
     try:
         for target, text in contents.items():
             fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-            temporary[target] = Path(name)
+            temporary.append(Path(name))
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
-        for target, name in temporary.items():
-            os.replace(name, target)
-            renamed.append(target)
+            try:
+                os.link(name, target)
+            except FileExistsError:
+                raise ReportExists(f"{target} exists already: evidence is never overwritten") from None
+            created.append(target)
     except BaseException:
-        for path in [*temporary.values(), *renamed]:
+        for path in created:
             path.unlink(missing_ok=True)
         raise
+    finally:
+        for path in temporary:
+            path.unlink(missing_ok=True)
 
 
 def _plot(verdict: Verdict) -> str:
@@ -165,7 +184,7 @@ def _html(body: dict, plot_uri: str) -> str:
     e = html.escape
     verdict = (f"Accused: {', '.join(body['accused'])}" if body["accused"]
                else "Nobody accused: no issued model's fingerprint is significant")
-    review = f'<p class="review">{e(body["review_reason"])}</p>' if body["needs_review"] else ""
+    review = "".join(f'<p class="review">{e(reason)}</p>' for reason in body["review_reasons"])
     rows = "".join(
         f"<tr><td>{e(c['user_id'])}</td><td><code>{e(c['model_id'])}</code></td><td>{c['score']:.3f}</td>"
         f"<td>{c['log10_p_value']:.2f}</td><td>{format_p(c['log10_p_value'])}</td>"

@@ -9,9 +9,10 @@ in M, which can only make the bound more conservative. See watermark.detect and 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
+import re
+import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,7 @@ import numpy as np
 
 from functions import base_model
 from infra.errors import KeyUnavailable, ObjectMissing
-from infra.ledger import Ledger, LedgerEntry
+from infra.ledger import Ledger, LedgerEntry, record_name
 from infra.ports import BlobStore, Kms
 from watermark.align import align
 from watermark.codeword import codeword_seed
@@ -29,10 +30,13 @@ from watermark.detect import (DEFAULT_ALPHA, Residual, log10_p_value, log10_thre
                               z_scores)
 from watermark.errors import ImplausibleWeights, IncompatibleModel, NoLedger, VerificationError
 from watermark.reader import ReadModel
-from watermark.sandbox import read_model_isolated
+from watermark.sandbox import file_sha256, read_model_isolated, snapshot
 
 DEFAULT_MAX_ACCUSED = 3
-REVIEW = "needs review: unusually many accused"
+MANY_ACCUSED = "needs review: unusually many accused"
+# Below this share of a hidden layer's base neurons matched, "nobody accused" may be a disguised copy's doing.
+MIN_MATCHED_SHARE = 0.75
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a base model version names a folder of the store
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,7 @@ class Verdict:
     accused: list[str]
     candidates: list[Candidate]
     excluded_records: list[str] = field(default_factory=list)
+    review_reasons: list[str] = field(default_factory=list)  # why a person should look before anyone acts
     accused_records: list[LedgerEntry] = field(default_factory=list)  # signature checked
     scores: np.ndarray = field(default_factory=lambda: np.zeros(0))  # every scored model's z, for the report
 
@@ -80,13 +85,7 @@ class Verdict:
 
     @property
     def needs_review(self) -> bool:
-        return len(self.accused) > self.max_accused
-
-    @property
-    def review_reason(self) -> str | None:
-        if not self.needs_review:
-            return None
-        return f"{REVIEW} ({len(self.accused)} users, more than --max-accused {self.max_accused})"
+        return bool(self.review_reasons)
 
     def to_dict(self) -> dict:
         body = {
@@ -100,7 +99,7 @@ class Verdict:
             "accused": self.accused,
             "max_accused": self.max_accused,
             "needs_review": self.needs_review,
-            "review_reason": self.review_reason,
+            "review_reasons": self.review_reasons,
             "candidates": [c.to_dict() for c in self.candidates],
             "excluded_records": self.excluded_records,
         }
@@ -122,21 +121,11 @@ def verify_file(
     read: Callable[[Path], ReadModel] = read_model_isolated,
     **options,
 ) -> Verdict:
-    """Read the file at `path` (apart, by default) and rank every issued model against it."""
-    return verify(read(Path(path)), file_sha256(Path(path)), ledger, kms, models, **options)
-
-
-def file_sha256(path: Path) -> str:
-    """The file's SHA-256; for a SavedModel folder, of its files' relative names and contents, in name order."""
-    digest = hashlib.sha256()
-    parts = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
-    for part in parts:
-        if path.is_dir():
-            digest.update(part.relative_to(path).as_posix().encode() + b"\0")
-        with open(part, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    """Copy the file at `path` aside, take its digest, read the copy (apart, by default) and rank every issued
+    model against it: the bytes hashed are the bytes scored."""
+    with tempfile.TemporaryDirectory(prefix="iml-verify-") as folder:
+        copy = snapshot(Path(path), Path(folder))
+        return verify(read(copy), file_sha256(copy), ledger, kms, models, **options)
 
 
 def verify(
@@ -163,10 +152,16 @@ def verify(
     excluded = [f"{e.name}: {e.problem}" for e in entries if e.valid is False]
     groups: dict[str, list[LedgerEntry]] = defaultdict(list)
     for entry in entries:
-        if entry.valid is not False:
-            groups[str(entry.record.get("base_model_version", ""))].append(entry)
+        version = entry.record.get("base_model_version")
+        if entry.valid is False:
+            continue
+        if isinstance(version, str) and _VERSION.match(version):
+            groups[version].append(entry)
+        else:
+            excluded.append(f"{entry.name}: the record names no valid base model version")
     scored: list[tuple[float, LedgerEntry]] = []
     alignment_report: list[str] = []
+    weak_alignment: list[str] = []
     incompatible: list[IncompatibleModel] = []
     for version, group in sorted(groups.items()):
         try:
@@ -181,6 +176,9 @@ def verify(
             excluded += [f"{e.name}: the file cannot descend from base model {version!r} ({error})" for e in group]
             continue
         alignment_report += [f"{version}: {line}" for line in aligned.report]
+        weak_alignment += [f"alignment to {version} matched {found} of {total} base neurons of hidden layer {layer}"
+                           for layer, (found, total) in enumerate(aligned.matched, start=1)
+                           if found < MIN_MATCHED_SHARE * total]
         residual = Residual.of(aligned.kernels, base_kernels)
         seeds, group = _codeword_seeds(kms, group, excluded)
         scored += zip(z_scores(residual, seeds, progress=progress).tolist(), group)
@@ -191,6 +189,15 @@ def verify(
                        + "; ".join(excluded[:3]) + (" ..." if len(excluded) > 3 else ""))
     candidates, checked_entries = _candidates(scored, ledger, threshold, top, excluded)
     accused = sorted({c.user_id for c in candidates if c.accused})
+    review = []
+    if len(accused) > max_accused:
+        review.append(f"{MANY_ACCUSED} ({len(accused)} users, more than --max-accused {max_accused})")
+    if not accused and excluded:
+        review.append(f"needs review: nobody accused, but {len(excluded)} issued-model records could not be "
+                      f"scored and the source may be among them")
+    if not accused and weak_alignment:
+        review.append(f"needs review: nobody accused, but {'; '.join(weak_alignment)}: the file may be a "
+                      f"disguised copy")
     return Verdict(
         file_sha256=file_sha256,
         format=suspect.format,
@@ -203,6 +210,7 @@ def verify(
         accused=accused,
         candidates=candidates[:top] + [c for c in candidates[top:] if c.accused],
         excluded_records=excluded,
+        review_reasons=review,
         accused_records=[checked_entries[c.model_id] for c in candidates if c.accused],
         scores=np.array([z for z, _ in scored]),
     )
@@ -243,6 +251,7 @@ def _candidates(scored, ledger: Ledger, threshold: float, top: int, excluded: li
     candidates: list[Candidate] = []
     checked_entries: dict[str, LedgerEntry] = {}
     for z, entry in scored:
+        model_id = entry.record["model_id"]
         log10_p = log10_p_value(z)
         if len(candidates) >= top and log10_p > threshold:
             break
@@ -256,6 +265,9 @@ def _candidates(scored, ledger: Ledger, threshold: float, top: int, excluded: li
         if not isinstance(checked.record.get("user_id"), str):
             excluded.append(f"{entry.name}: the record names no user")
             continue
+        if checked.record.get("kind") != "issued" or entry.name != record_name(model_id, "issued"):
+            excluded.append(f"{entry.name}: not an issued-model record where its model id puts it")
+            continue
         candidates.append(Candidate(
             user_id=checked.record["user_id"], model_id=checked.record["model_id"], score=z, log10_p_value=log10_p,
             fingerprint_key_id=checked.record["fingerprint_key_id"],
@@ -264,4 +276,4 @@ def _candidates(scored, ledger: Ledger, threshold: float, top: int, excluded: li
     return candidates, checked_entries
 
 
-__all__ = ["Candidate", "Verdict", "VerificationError", "check_finite", "file_sha256", "verify", "verify_file"]
+__all__ = ["Candidate", "Verdict", "VerificationError", "check_finite", "verify", "verify_file"]
