@@ -35,7 +35,8 @@ import json, sys
 from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec
 from functions import model
-from functions.runner import STEPS, run_step
+from functions.chain import STEPS
+from functions.runner import run_step
 from iml.device import public_key_b64
 from infra.bootstrap import local_ports
 from infra.settings import Settings
@@ -50,7 +51,7 @@ for depth, step in enumerate(chain):  # user k runs the first k steps, so step k
     event = Signup(request_id="bench", user_id=f"user-{depth}", device_public_key=public_key_b64(key)).to_dict()
     for earlier in chain[:depth]:
         run_step(STEPS[earlier], json.dumps(event).encode(), ports)
-        event = list(ports.bus.journal(STEPS[earlier].output_topic(ports.settings.topics)))[-1]
+        event = list(ports.bus.journal(STEPS[earlier].output_topics(ports.settings.topics)[0]))[-1]
     inputs[step] = event
 print(json.dumps(inputs))
 """

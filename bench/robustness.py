@@ -3,7 +3,7 @@
     python bench/robustness.py [--users 20] [--strength S] [--out bench-out]
 
 Issues models to --users users through the real pipeline (embedded adapters), adds to each the anchor's mark
-(watermark/baseline.py: Uchida-style, per-user key, 256 bits, in the first layer), then attacks each user's
+(watermark/research/baseline.py: Uchida-style, per-user key, 256 bits, in the first layer), then attacks each user's
 model. Both detectors judge the same attacked file: ours (aligned, informed, accusing at alpha / M) and the
 anchor's (sign extraction, binomial tail, accusing at the same alpha / M). Per attack: the attacked accuracy on the user's held-out data; whether it stays within 5
 points (only then does the attack count); the true user's rank and p-value; whether the true user was accused
@@ -42,10 +42,10 @@ from infra.bootstrap import local_ports  # noqa: E402
 from infra.envelope import open_sealed_bytes  # noqa: E402
 from infra.local_storage import fetch_local_url  # noqa: E402
 from infra.settings import Settings  # noqa: E402
-from watermark import attacks  # noqa: E402
+from watermark.research import attacks  # noqa: E402
 from watermark.align import align  # noqa: E402
-from watermark.attacks import Weights  # noqa: E402
-from watermark.baseline import UchidaMark  # noqa: E402
+from watermark.research.attacks import Weights  # noqa: E402
+from watermark.research.baseline import UchidaMark  # noqa: E402
 from watermark.detect import Residual, log10_threshold, z_scores, z_threshold  # noqa: E402
 from watermark.reader import ReadModel, read_tflite  # noqa: E402
 from watermark.verify import verify  # noqa: E402

@@ -4,7 +4,7 @@
 
 Issues models to alice and bob through the real pipeline (embedded adapters), adds --crowd more issued
 records to the ledger (each with its own codeword), then rewrites alice's decrypted TFLite file --cases times
-with 1 to 4 random edits of its weight buffers (watermark.attacks.Mutation: values such as +-1e30,
+with 1 to 4 random edits of its weight buffers (watermark.research.attacks.Mutation: values such as +-1e30,
 +-3.4e38, 1e-45, +-inf, NaN, sign flips, rows and columns scaled by up to 1e38, silenced neurons with +-1e36
 outgoing weights, any float32 bit pattern) and runs the verifier's whole path on each: read, refuse non-finite
 weights, align, bound the residual, score exactly against every record, decide, render strict JSON. The file
@@ -38,7 +38,8 @@ from rich.table import Table  # noqa: E402
 from infra import logs  # noqa: E402
 from infra.bootstrap import MovableClock, local_ports  # noqa: E402
 from infra.settings import Settings  # noqa: E402
-from watermark.attacks import LARGE_FACTORS, MUTATION_KINDS, SPECIAL_VALUES, Mutation, mutate_tflite  # noqa: E402
+from watermark.research.attacks import (LARGE_FACTORS, MUTATION_KINDS, SPECIAL_VALUES, Mutation,  # noqa: E402
+                                        mutate_tflite)
 from watermark.errors import VerificationError  # noqa: E402
 from watermark.reader import read_model  # noqa: E402
 from watermark.verify import verify_file  # noqa: E402

@@ -9,7 +9,7 @@ import base64
 import binascii
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from functools import lru_cache
 from importlib import resources
 
@@ -17,7 +17,7 @@ from jsonschema import Draft202012Validator
 from jsonschema.exceptions import best_match
 
 from infra.envelope import DevicePublicKey, load_device_public_key
-from infra.errors import InvalidEvent
+from infra.errors import InvalidEvent, PermanentError
 
 SCHEMA_VERSION = 1
 
@@ -53,11 +53,23 @@ def validate(name: str, data: object) -> dict:
 
 
 def decode_device_key(encoded: str) -> DevicePublicKey:
+    """The device key an event carries in base64, decoded once at the edge (infra.envelope.InvalidDeviceKey
+    when it is not a usable key)."""
     try:
         raw = base64.b64decode(encoded, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidEvent("device_public_key", "is not valid base64") from None
     return load_device_public_key(raw)
+
+
+class _CarriesDeviceKey:
+    """An event with `device_public_key` (base64, as on the wire) holds it decoded too, as `device_key`."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "device_key", decode_device_key(self.device_public_key))
+
+    def _wire(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "device_key"}
 
 
 def model_id_for(user_id: str, request_id: str) -> str:
@@ -67,16 +79,16 @@ def model_id_for(user_id: str, request_id: str) -> str:
 
 
 @dataclass(frozen=True)
-class Signup:
+class Signup(_CarriesDeviceKey):
     request_id: str
     user_id: str
     device_public_key: str
     data_ref: str | None = None
+    device_key: DevicePublicKey = field(init=False, repr=False, compare=False)
 
     @classmethod
     def parse(cls, data: object) -> "Signup":
         valid = validate("signup", data)
-        decode_device_key(valid["device_public_key"])
         return cls(valid["request_id"], valid["user_id"], valid["device_public_key"], valid.get("data_ref"))
 
     @property
@@ -84,16 +96,16 @@ class Signup:
         return model_id_for(self.user_id, self.request_id)
 
     def to_dict(self) -> dict:
-        out = {"schema_version": SCHEMA_VERSION, **asdict(self)}
+        out = {"schema_version": SCHEMA_VERSION, **self._wire()}
         if self.data_ref is None:
             del out["data_ref"]
         return out
 
 
 @dataclass(frozen=True)
-class ModelEvent:
+class ModelEvent(_CarriesDeviceKey):
     """A model on its way: which user and request it is for, the artefact the last step made, and the
-    facts measured so far (they end up in the ledger record)."""
+    facts measured so far (encrypt writes them into the ledger's IssuedModel record)."""
 
     request_id: str
     user_id: str
@@ -102,6 +114,7 @@ class ModelEvent:
     base_model_version: str
     artifact: str
     facts: dict = field(default_factory=dict)
+    device_key: DevicePublicKey = field(init=False, repr=False, compare=False)
 
     @classmethod
     def parse(cls, data: object) -> "ModelEvent":
@@ -112,7 +125,7 @@ class ModelEvent:
         return replace(self, artifact=artifact, facts={**self.facts, **facts})
 
     def to_dict(self) -> dict:
-        return {"schema_version": SCHEMA_VERSION, **asdict(self)}
+        return {"schema_version": SCHEMA_VERSION, **self._wire()}
 
 
 @dataclass(frozen=True)
@@ -150,3 +163,12 @@ class ExpireTick:
         out = {"schema_version": SCHEMA_VERSION}
         out |= {k: v for k, v in asdict(self).items() if v is not None}
         return out
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A step's answer that its message cannot succeed: the message goes to the dead-letter topic with the
+    error's text as the reason, after the step's other outputs are routed (publish hands a late model of a
+    deleted user to expire, and refuses to announce it)."""
+
+    error: PermanentError

@@ -2,8 +2,9 @@
 subscription. Deploy with `--entry-point generate` (or watermark, encrypt, publish, expire).
 
 An entry point unwraps the Pub/Sub message from the CloudEvent, builds the ports once per instance, and
-runs the step. Returning normally acknowledges the message (done, duplicate or dead-lettered); an exception
-makes the framework answer 500, so Pub/Sub redelivers with backoff until its dead-letter policy steps in.
+runs the step; the step's module (TensorFlow, for generate and watermark) is imported on the first request of
+the target that runs it, never by loading this file. Returning normally acknowledges the message (done,
+duplicate or dead-lettered); an exception makes the framework answer 500, so Pub/Sub redelivers with backoff until its dead-letter policy steps in.
 """
 from __future__ import annotations
 
@@ -14,10 +15,10 @@ import threading
 
 import functions_framework
 
-from functions.runner import STEPS, dead_letter, run_step
+from functions.chain import STEPS
+from functions.runner import dead_letter, run_step
 from infra import logs
-from infra.bootstrap import build_ports
-from infra.ports import Ports
+from infra.bootstrap import Ports, build_ports
 from infra.settings import Settings
 
 _ports: Ports | None = None

@@ -1,5 +1,5 @@
 """The per-user model: a small Keras MLP on 8x8 digits, trained once as a base, fine-tuned per user,
-exported to TFLite for the phone. This is the only module of the pipeline that imports TensorFlow.
+exported to TFLite for the phone. The one module besides the TensorFlow steps that imports TensorFlow.
 """
 from __future__ import annotations
 
@@ -14,10 +14,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from functions import base_model  # noqa: E402
 from functions.userdata import CLASSES, FEATURES, Split, base_training_data, user_seed  # noqa: E402
 from infra.ports import BlobStore  # noqa: E402
+from watermark import base  # noqa: E402
 
+BASE_MODEL_VERSION = "digits-mlp-v1"
 HIDDEN_UNITS = (128, 32)
 
 
@@ -34,11 +35,11 @@ def _compile(model: keras.Model, learning_rate: float) -> None:
 
 def load_or_train_base(store: BlobStore) -> keras.Model:
     """The shared base model, trained on first use and cached in the models store."""
-    key = base_model.model_key()
+    key = base.model_key(BASE_MODEL_VERSION)
     if not store.exists(key):
         model = train(seed=0)
         # kernels first: a reader that finds the model finds its kernels too
-        store.put(base_model.kernels_key(), base_model.kernels_to_bytes(kernels(model)), if_absent=True)
+        store.put(base.kernels_key(BASE_MODEL_VERSION), base.kernels_to_bytes(kernels(model)), if_absent=True)
         store.put(key, to_keras_bytes(model), if_absent=True)
     return from_keras_bytes(store.get(key))
 

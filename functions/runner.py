@@ -1,7 +1,9 @@
 """Running one step on one message, with Pub/Sub's delivery semantics, the same locally and in the cloud.
 
-- The message is parsed and validated first; a PermanentError (bad input, duplicate request, missing object)
+- The message is parsed and validated first; a PermanentError (bad input, duplicate request, missing object),
+  an envelope refused (infra.envelope.EnvelopeError: a device key that is no key, say) or a step's Refusal
   publishes the message and its reason to the dead-letter topic and acknowledges it.
+- A step's outputs go where the chain (functions/chain.py) routes them.
 - A step that already completed for a model (a marker in the state store) does not run again: a redelivered
   message makes no second model, ledger record or notification.
 - Anything else propagates, so the delivery fails and is retried; `deliver_locally` bounds those retries as a
@@ -14,40 +16,17 @@ import json
 import time
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, Callable
+from typing import Callable
 
-from functions import handlers
-from functions.events import ExpireTick, ModelEvent, Signup
+from functions import names
+from functions.chain import STEPS, Step
+from functions.events import Refusal
+from infra.bootstrap import Ports
+from infra.envelope import EnvelopeError
 from infra.errors import DuplicateRequest, InvalidEvent, PermanentError
 from infra.logs import get_logger
-from infra.ports import Ports
-from infra.settings import Topics
 
 log = get_logger("iml.runner")
-LOCAL_MAX_DELIVERY_ATTEMPTS = 5
-
-
-@dataclass(frozen=True)
-class Step:
-    name: str
-    input_topic: Callable[[Topics], str]
-    output_topic: Callable[[Topics], str | None]
-    parse: Callable[[object], Any]
-    handle: Callable[[Any, Ports], Any]
-    # a signup seen again is a duplicate request (reported); an internal event seen again is a redelivery
-    duplicate_is_error: bool = False
-
-
-STEPS = {
-    step.name: step
-    for step in (
-        Step("generate", lambda t: t.signup, lambda t: t.generated, Signup.parse, handlers.generate, True),
-        Step("watermark", lambda t: t.generated, lambda t: t.watermarked, ModelEvent.parse, handlers.watermark),
-        Step("encrypt", lambda t: t.watermarked, lambda t: t.sealed, ModelEvent.parse, handlers.encrypt),
-        Step("publish", lambda t: t.sealed, lambda t: t.ready, ModelEvent.parse, handlers.publish),
-        Step("expire", lambda t: t.expire, lambda t: None, ExpireTick.parse, handlers.expire),
-    )
-}
 
 
 class Outcome(Enum):
@@ -70,8 +49,8 @@ def run_step(step: Step, payload: bytes, ports: Ports) -> StepResult:
     started = time.perf_counter()
     event = None
     try:
-        event = step.parse(_decode(payload))
-        marker = f"done/{step.name}/{event.model_id}" if hasattr(event, "model_id") else None
+        event = step.event.parse(_decode(payload))
+        marker = names.step_done(step.name, event.model_id) if hasattr(event, "model_id") else None
         if marker and ports.state.exists(marker):
             if step.duplicate_is_error:
                 raise DuplicateRequest(
@@ -80,13 +59,16 @@ def run_step(step: Step, payload: bytes, ports: Ports) -> StepResult:
                 )
             log.info("redelivered message skipped", step=step.name, model_id=event.model_id)
             return _result(step, Outcome.DUPLICATE, started, event)
-        output = step.handle(event, ports)
-        topic = step.output_topic(ports.settings.topics)
-        if output is not None and topic is not None:
-            ports.bus.publish(topic, output.to_dict())
+        outputs = step.handle(event, ports)
+        for output in outputs:
+            if not isinstance(output, Refusal):
+                ports.bus.publish(step.topic_for(output, ports.settings.topics), output.to_dict())
+        for output in outputs:
+            if isinstance(output, Refusal):
+                raise output.error
         if marker:
             ports.state.put(marker, json.dumps({"done_at": ports.clock().isoformat()}).encode(), if_absent=True)
-    except PermanentError as error:
+    except (PermanentError, EnvelopeError) as error:
         dead_letter(step.name, payload, str(error), type(error).__name__, ports)
         return _result(step, Outcome.DEAD_LETTERED, started, event, reason=str(error))
     result = _result(step, Outcome.DONE, started, event)
@@ -96,9 +78,10 @@ def run_step(step: Step, payload: bytes, ports: Ports) -> StepResult:
 
 
 def deliver_locally(step: Step, payload: bytes, ports: Ports) -> StepResult:
-    """What a push subscription with a dead-letter policy does: retry a failing delivery a few times, then
-    forward the message to the dead-letter topic, so a poison message never blocks the rest."""
-    for attempt in range(1, LOCAL_MAX_DELIVERY_ATTEMPTS + 1):
+    """What a push subscription with a dead-letter policy does: retry a failing delivery a few times (the
+    step's delivery attempts), then forward the message to the dead-letter topic, so a poison message never
+    blocks the rest."""
+    for attempt in range(1, step.delivery_attempts + 1):
         started = time.perf_counter()
         try:
             return run_step(step, payload, ports)
@@ -106,7 +89,7 @@ def deliver_locally(step: Step, payload: bytes, ports: Ports) -> StepResult:
             log.warning("delivery failed, will retry", step=step.name, attempt=attempt,
                         error_type=type(error).__name__)
             last = error
-    reason = f"failed {LOCAL_MAX_DELIVERY_ATTEMPTS} delivery attempts, last with {type(last).__name__}: {last}"
+    reason = f"failed {step.delivery_attempts} delivery attempts, last with {type(last).__name__}: {last}"
     dead_letter(step.name, payload, reason, type(last).__name__, ports)
     return StepResult(step.name, Outcome.DEAD_LETTERED, time.perf_counter() - started, reason=reason)
 

@@ -1,29 +1,22 @@
-"""What the pipeline keeps per user in the state store: the models a user asked for (for the request limit
-and for deletion) and whether the user was deleted.
-
-    users/<user_id>/models/<model_id>   one marker per model, created when generation is admitted
-    users/<user_id>/deleted             the tombstone a user-deleted event leaves
-"""
+"""What the pipeline keeps per user in the state store (functions/names.py names the keys): the models a user
+asked for (for the request limit and for deletion) and whether the user was deleted."""
 from __future__ import annotations
 
+from functions import names
+from infra.bootstrap import Ports
 from infra.errors import RequestLimitExceeded, UserDeleted
-from infra.ports import Ports
-
-
-def _models_prefix(user_id: str) -> str:
-    return f"users/{user_id}/models/"
 
 
 def admit(user_id: str, model_id: str, ports: Ports) -> None:
     """Let a new model for `user_id` be made, or refuse: the user is deleted, or asked for too many models
     within the period. A model admitted before (a redelivery) is admitted again without counting twice."""
     refuse_deleted(user_id, ports)
-    marker = _models_prefix(user_id) + model_id
+    marker = names.user_model(user_id, model_id)
     if ports.state.exists(marker):
         return
     settings = ports.settings
     since = ports.clock() - settings.user_limit_period
-    recent = sum(1 for info in ports.state.list(_models_prefix(user_id)) if info.created >= since)
+    recent = sum(1 for info in ports.state.list(names.user_models(user_id)) if info.created >= since)
     if recent >= settings.user_model_limit:
         hours = settings.user_limit_period.total_seconds() / 3600
         raise RequestLimitExceeded(
@@ -32,13 +25,21 @@ def admit(user_id: str, model_id: str, ports: Ports) -> None:
     ports.state.put(marker, b"", if_absent=True)
 
 
+def is_deleted(user_id: str, ports: Ports) -> bool:
+    return ports.state.exists(names.user_deleted(user_id))
+
+
+def deleted(user_id: str) -> UserDeleted:
+    return UserDeleted(f"user {user_id!r} was deleted: no model is made or published for them")
+
+
 def refuse_deleted(user_id: str, ports: Ports) -> None:
-    if ports.state.exists(f"users/{user_id}/deleted"):
-        raise UserDeleted(f"user {user_id!r} was deleted: no model is made or published for them")
+    if is_deleted(user_id, ports):
+        raise deleted(user_id)
 
 
 def mark_deleted(user_id: str, ports: Ports) -> list[str]:
     """Leave the tombstone; the ids of every model the user was ever admitted for."""
-    ports.state.put(f"users/{user_id}/deleted", ports.clock().isoformat().encode(), if_absent=True)
-    prefix = _models_prefix(user_id)
+    ports.state.put(names.user_deleted(user_id), ports.clock().isoformat().encode(), if_absent=True)
+    prefix = names.user_models(user_id)
     return [info.name[len(prefix):] for info in ports.state.list(prefix)]

@@ -13,6 +13,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from iml.device import SUITES
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 EXIT_ACCUSED, EXIT_NOBODY, EXIT_ERROR = 0, 1, 2
@@ -138,7 +140,13 @@ def _verify(model_file: Path, workdir: Path | None, ledger_uri: str | None, alph
     shield_this_process()  # it holds the ledger's and the fingerprint key's access while a stranger's file is read
     if report_path:
         report_paths(report_path)  # refused before any work when it would overwrite a file
-    ports = _verifier_ports(workdir, ledger_uri)
+    from infra.bootstrap import verifier_ports
+    from infra.settings import SettingsError
+
+    try:
+        ports = verifier_ports(workdir, ledger_uri)
+    except SettingsError as error:
+        _fail(str(error))
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=err,
                   transient=True, disable=as_json) as bars:
         task = bars.add_task("reading the file apart", total=None)
@@ -171,7 +179,7 @@ def device() -> None:
 @device.command("keygen")
 @click.option("--out", "folder", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for device.key (mode 0600) and device.pub.")
-@click.option("--suite", type=click.Choice(["p256", "x25519", "xwing"]), default="p256", show_default=True,
+@click.option("--suite", type=click.Choice(SUITES), default="p256", show_default=True,
               help="P-256 (CryptoKit, Tink, Secure Enclave), X25519, or X-Wing (post-quantum hybrid).")
 def device_keygen(folder: Path, suite: str) -> None:
     """Make a device key pair; device.pub holds the base64 public key a signup sends."""
@@ -191,14 +199,13 @@ def device_keygen(folder: Path, suite: str) -> None:
 @click.option("--model-id", help="Refuse an envelope holding another model.")
 def device_open(sealed: Path, key_file: Path, out: Path, user_id: str | None, model_id: str | None) -> None:
     """Open a sealed model with the device's private key. Exit 0: opened; 2: refused (the reason is printed)."""
-    from infra.envelope import open_sealed
-    from infra.errors import PermanentError
+    from infra.envelope import EnvelopeError, open_sealed
     from iml.device import load_private_key
 
     try:
         header = open_sealed(sealed, out, load_private_key(key_file), expected_user_id=user_id,
                              expected_model_id=model_id)
-    except PermanentError as error:
+    except EnvelopeError as error:
         _fail(f"{type(error).__name__}: {error}")
     click.echo(f"opened {header.model_id} for {header.user_id}: {header.plaintext_size} bytes, "
                f"sha256 {header.plaintext_sha256} -> {out}")
@@ -219,8 +226,7 @@ def seal_command(model: Path, device_pub: Path, user_id: str, model_id: str, out
     import binascii
     from datetime import datetime, timezone
 
-    from infra.envelope import load_device_public_key, seal
-    from infra.errors import PermanentError
+    from infra.envelope import EnvelopeError, load_device_public_key, seal
 
     try:
         raw = base64.b64decode(device_pub.read_text().strip(), validate=True)
@@ -228,7 +234,7 @@ def seal_command(model: Path, device_pub: Path, user_id: str, model_id: str, out
                       created_at=datetime.now(timezone.utc), chunk_size=chunk_kib << 10)
     except (binascii.Error, UnicodeDecodeError):
         _fail(f"{device_pub} is not a base64 public key (device.pub)")
-    except (PermanentError, ValueError) as error:
+    except (EnvelopeError, ValueError) as error:
         _fail(str(error))
     click.echo(f"sealed {header.plaintext_size} bytes for {user_id} ({header.chunk_count} chunks) -> {out}")
 
@@ -246,12 +252,15 @@ STACK_DIR = click.option("--dir", "folder", type=click.Path(file_okay=False, pat
 @dev_stack.command("up")
 @STACK_DIR
 @click.option("--project", default="iml-dev", show_default=True, help="Project id the emulators use.")
-def dev_stack_up(folder: Path, project: str) -> None:
+@click.option("--base-models", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Upload the base model from this folder (a models bucket's, such as DEMO_WORKDIR/buckets/models) "
+                   "instead of training it (about a minute).")
+def dev_stack_up(folder: Path, project: str, base_models: Path | None) -> None:
     """Start the emulators and the five functions; create topics, push subscriptions and buckets."""
     from iml.devstack import DevStackError, instructions, up
 
     try:
-        stack = up(folder, project, say=lambda line: err.print(f"[dim]{line}[/]"))
+        stack = up(folder, project, say=lambda line: err.print(f"[dim]{line}[/]"), base_models=base_models)
     except DevStackError as error:
         _fail(str(error))
     click.echo(instructions(stack))
@@ -330,40 +339,6 @@ def package_command(out: Path, lock: bool) -> None:
             click.echo(f"{path}  sha256 {sha256}  ({path.stat().st_size} bytes)")
     except PackagingError as error:
         _fail(str(error))
-
-
-def _verifier_ports(workdir: Path | None, ledger_uri: str | None):
-    """The ports the verifier reads: a local workdir's, or the environment's with the ledger at `ledger_uri`."""
-    from dataclasses import replace
-
-    from infra.bootstrap import build_ports, local_ports
-    from infra.ledger import Ledger
-    from infra.settings import Settings, SettingsError
-
-    if (workdir is None) == (ledger_uri is None):
-        _fail("give either --workdir DIR or --ledger URI")
-    if workdir is not None:
-        if not (workdir / "kms" / "local-keys.json").is_file():
-            _fail(f"{workdir} holds no pipeline keys: point --workdir at the folder `iml demo` used")
-        return local_ports(Settings(workdir=workdir))
-    try:
-        ports = build_ports(Settings.from_env())
-    except SettingsError as error:
-        _fail(f"--ledger takes the base models and keys from the environment: {error}")
-    if ledger_uri.startswith("gs://"):
-        from google.cloud import storage
-
-        from infra.gcs_storage import GcsBlobStore
-
-        store = GcsBlobStore(storage.Client(project=ports.settings.project), ledger_uri[len("gs://"):].strip("/"))
-    else:
-        from infra.local_storage import LocalBlobStore
-
-        folder = Path(ledger_uri.removeprefix("file://"))
-        if not folder.is_dir():
-            _fail(f"--ledger {ledger_uri}: no such folder (use gs://BUCKET or a folder of ledger records)")
-        store = LocalBlobStore(folder)
-    return replace(ports, ledger=Ledger(store, ports.kms))
 
 
 def _fail(message: str) -> None:

@@ -19,6 +19,8 @@ from functions.events import Ready, Signup
 from functions.runner import StepResult, subscribe_steps
 from iml import device as devices
 from infra.bootstrap import MovableClock, local_ports
+from infra.ledger import IssuedModel
+from infra.local_storage import fetch_local_url
 from infra.settings import Settings
 from watermark.detect import representable
 from watermark.verify import verify_file
@@ -81,7 +83,8 @@ def run_demo(users: int, workdir: Path, progress: Progress = Progress(), setting
     for phone in phones:
         started = time.perf_counter()
         if phone.user_id in run.ready:
-            tflite = phone.receive(run.ready[phone.user_id], clock())
+            ready = run.ready[phone.user_id]
+            tflite = phone.receive(fetch_local_url(ready.download_url, clock()), ready.model_id)
             held_out = userdata.for_user(phone.user_id).held_out
             on_device[phone.user_id] = devices.accuracy(tflite, held_out.x, held_out.y)
         run.done("device", time.perf_counter() - started)
@@ -100,7 +103,8 @@ def run_demo(users: int, workdir: Path, progress: Progress = Progress(), setting
     ours = {ready.model_id for ready in run.ready.values()}  # a reused workdir holds earlier runs' records
     expired_records = [e for e in ports.ledger.entries("expired") if e.valid and e.record["model_id"] in ours]
 
-    issued = {e.record["model_id"]: e.record for e in ports.ledger.entries("issued") if e.valid}
+    issued = {e.record["model_id"]: IssuedModel.from_record(e.record) for e in ports.ledger.entries("issued")
+              if e.valid}
     return {
         "workdir": str(workdir),
         "users": [_user_row(phone, run, issued, on_device) for phone in phones],
@@ -124,14 +128,14 @@ def _keep_ready(run: _Run, payload: bytes) -> None:
     run.ready[ready.user_id] = ready
 
 
-def _user_row(phone: devices.Device, run: _Run, issued: dict, on_device: dict) -> dict:
+def _user_row(phone: devices.Device, run: _Run, issued: dict[str, IssuedModel], on_device: dict) -> dict:
     ready = run.ready.get(phone.user_id)
-    record = issued.get(ready.model_id, {}) if ready else {}
+    record = issued.get(ready.model_id) if ready else None
     return {
         "user_id": phone.user_id,
         "model_id": ready.model_id if ready else None,
-        "accuracy_base": record.get("accuracy_unwatermarked"),
-        "accuracy_watermarked": record.get("accuracy_watermarked"),
+        "accuracy_base": record.accuracy_unwatermarked if record else None,
+        "accuracy_watermarked": record.accuracy_watermarked if record else None,
         "accuracy_on_device": on_device.get(phone.user_id),
         "sealed_sha256": ready.sealed_sha256 if ready else None,
     }

@@ -1,4 +1,5 @@
-"""The device side: its key files, and a simulated phone that downloads, opens and runs its model.
+"""The device side: its key files, and a simulated phone that opens and runs its model. It needs the sealed
+format (infra.envelope) and nothing else of the pipeline, as a phone would.
 
 A device folder holds `device.key` (mode 0600: PKCS#8 PEM for P-256 and X25519, the 32-byte seed in a PEM
 block for X-Wing), `device.pub` (the base64 public key it signs up with), and once it has downloaded and
@@ -10,17 +11,13 @@ import base64
 import os
 import re
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, x25519
 
-from functions.events import Ready
-from infra.envelope import DevicePrivateKey, XWingPrivateKey, open_sealed, public_key_bytes, public_key_of
-from infra.errors import InvalidDeviceKey
-from infra.local_storage import fetch_local_url
+from infra.envelope import (DevicePrivateKey, InvalidDeviceKey, XWingPrivateKey, open_sealed, public_key_bytes,
+                            public_key_of)
 
 SUITES = ("p256", "x25519", "xwing")
 XWING_PEM = "XWING PRIVATE KEY SEED"
@@ -83,18 +80,19 @@ class Device:
     def public_key_b64(self) -> str:
         return public_key_b64(self.private_key)
 
-    def receive(self, ready: Ready, now: datetime) -> bytes:
-        """Download the sealed model through its URL, open it, keep both; the decrypted TFLite bytes."""
+    def receive(self, sealed_bytes: bytes, model_id: str) -> bytes:
+        """Keep the downloaded sealed model, open it (refusing another user's or another model); the decrypted
+        TFLite bytes, kept beside it."""
         sealed = self.folder / "model.iml"
-        sealed.write_bytes(fetch_local_url(ready.download_url, now))
+        sealed.write_bytes(sealed_bytes)
         opened = self.folder / "model.tflite"
-        open_sealed(sealed, opened, self.private_key, expected_user_id=self.user_id,
-                    expected_model_id=ready.model_id)
+        open_sealed(sealed, opened, self.private_key, expected_user_id=self.user_id, expected_model_id=model_id)
         return opened.read_bytes()
 
 
-def predict(tflite: bytes, x: np.ndarray) -> np.ndarray:
+def predict(tflite: bytes, x):
     """Class probabilities from the LiteRT interpreter, as the phone computes them."""
+    import numpy as np
     from ai_edge_litert.interpreter import Interpreter
 
     interpreter = Interpreter(model_content=tflite)
@@ -106,5 +104,7 @@ def predict(tflite: bytes, x: np.ndarray) -> np.ndarray:
     return interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
 
 
-def accuracy(tflite: bytes, x: np.ndarray, y: np.ndarray) -> float:
+def accuracy(tflite: bytes, x, y) -> float:
+    import numpy as np
+
     return float(np.mean(np.argmax(predict(tflite, x), axis=1) == y))

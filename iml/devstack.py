@@ -10,6 +10,7 @@ output; `<folder>/storage/` the GCS emulator's objects (on disk, so a restarted 
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -23,12 +24,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+from functions.chain import STEPS
 from infra.settings import Settings
 
-STEP_NAMES = ("generate", "watermark", "encrypt", "publish", "expire")
 ROLES = ("staging", "delivery", "models", "evidence", "state")
-TENSORFLOW_STEPS = ("generate", "watermark")  # one request at a time, as deployed (concurrency 1)
-MAX_DELIVERY_ATTEMPTS = 5
 WATCHED = ("ready", "dead_letter")  # topics with a pull subscription, for people and tests to read
 
 
@@ -76,7 +75,9 @@ class Stack:
 
 
 def up(folder: Path, project: str = "iml-dev", env_overrides: dict[str, str] | None = None,
-       say: Callable[[str], None] = print) -> Stack:
+       say: Callable[[str], None] = print, base_models: Path | None = None) -> Stack:
+    """Start the stack in `folder`. The base model comes from `base_models` (a models bucket's folder, such as
+    a demo workdir's buckets/models) when given, else it is trained into the models bucket (about a minute)."""
     folder = folder.resolve()
     if (folder / "stack.json").exists():
         raise DevStackError(f"a dev stack already runs in {folder}: `iml dev-stack down --dir {folder}` first")
@@ -91,9 +92,9 @@ def up(folder: Path, project: str = "iml-dev", env_overrides: dict[str, str] | N
         with talking_to(stack):
             _create_buckets(stack)
             _make_kms_key_file(stack)
-            say("training the base model into the models bucket (once)")
-            _train_base_model(stack)
-            for step in STEP_NAMES:
+            say("uploading the base model" if base_models else "training the base model into the models bucket")
+            _publish_base_model(stack, base_models)
+            for step in STEPS:
                 say(f"starting the {step} function")
                 stack.functions[step] = start_function(stack, step)
             _create_topics_and_subscriptions(stack)
@@ -160,13 +161,11 @@ def start_storage_emulator(stack: Stack, port: int | None = None) -> int:
 
 
 def start_function(stack: Stack, step: str) -> int:
-    from functions import main
-
+    """One functions-framework server for `step`, serving as many requests at once as deployed."""
     port = free_port()
-    env = {**stack.env(), "PYTHONUNBUFFERED": "1"}
-    if step in TENSORFLOW_STEPS:
-        env["THREADS"] = "1"
-    _spawn(stack, step, [sys.executable, "-m", "functions_framework", "--source", main.__file__, "--target", step,
+    env = {**stack.env(), "PYTHONUNBUFFERED": "1", "THREADS": str(STEPS[step].concurrency)}
+    source = importlib.util.find_spec("functions.main").origin  # the entry points, not loaded here
+    _spawn(stack, step, [sys.executable, "-m", "functions_framework", "--source", source, "--target", step,
                          "--signature-type", "cloudevent", "--host", "127.0.0.1", "--port", str(port)], port, env=env)
     return port
 
@@ -276,18 +275,25 @@ def _make_kms_key_file(stack: Stack) -> None:
     build_kms(stack.settings())
 
 
-def _train_base_model(stack: Stack) -> None:
-    from functions import model
-    from infra.gcs_storage import GcsBlobStore
+def _publish_base_model(stack: Stack, base_models: Path | None) -> None:
+    from infra.bootstrap import build_ports
 
-    model.load_or_train_base(GcsBlobStore(storage_client(stack), f"{stack.project}-models"))
+    models = build_ports(stack.settings()).models
+    if base_models is None:
+        from functions import model
+
+        model.load_or_train_base(models)
+        return
+    files = sorted(p for p in Path(base_models).rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise DevStackError(f"{base_models} holds no base model (a models bucket's folder: base/<version>/...)")
+    for path in files:
+        models.put(path.relative_to(base_models).as_posix(), path.read_bytes(), if_absent=True)
 
 
 def _create_topics_and_subscriptions(stack: Stack) -> None:
     from google.api_core.exceptions import AlreadyExists
     from google.cloud import pubsub_v1
-
-    from functions.runner import STEPS
 
     topics = stack.settings().topics
     publisher, subscriber = pubsub_v1.PublisherClient(), pubsub_v1.SubscriberClient()
@@ -300,14 +306,14 @@ def _create_topics_and_subscriptions(stack: Stack) -> None:
             pass
     requests = [{"name": subscription_path(f"{topics.ready}-watch"), "topic": topic_path(topics.ready)},
                 {"name": subscription_path(f"{topics.dead_letter}-watch"), "topic": topic_path(topics.dead_letter)}]
-    for step in STEP_NAMES:
+    for name, step in STEPS.items():
         requests.append({
-            "name": subscription_path(f"{stack.settings().topic_prefix}{step}"),
-            "topic": topic_path(STEPS[step].input_topic(topics)),
-            "push_config": {"push_endpoint": f"http://127.0.0.1:{stack.functions[step]}/"},
+            "name": subscription_path(f"{stack.settings().topic_prefix}{name}"),
+            "topic": topic_path(step.input_topic(topics)),
+            "push_config": {"push_endpoint": f"http://127.0.0.1:{stack.functions[name]}/"},
             "ack_deadline_seconds": 600,
             "dead_letter_policy": {"dead_letter_topic": topic_path(topics.dead_letter),
-                                   "max_delivery_attempts": MAX_DELIVERY_ATTEMPTS},
+                                   "max_delivery_attempts": step.delivery_attempts},
             "retry_policy": {"minimum_backoff": {"seconds": 1}, "maximum_backoff": {"seconds": 10}},
         })
     for request in requests:

@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from functions.chain import STEPS
+
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 PACKAGES = ("functions", "infra", "watermark")  # what the steps import; the CLI (iml/) stays out
+LEFT_OUT = ("watermark/research",)  # the attack suite and the baseline: tests and benchmarks only
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)  # the earliest a zip can say
 
 
@@ -38,12 +41,13 @@ class Archive:
 
 LIGHT = ("functions-framework", "cryptography", "numpy", "jsonschema", "google-cloud-storage",
          "google-cloud-pubsub", "google-cloud-kms", "google-crc32c", "requests")
-ARCHIVES = (
+REQUIRES = {
     # Keras loads matplotlib when it is installed: pinned, so the deployed set is the one tested here
-    Archive("tensorflow", ("generate", "watermark"),
-            LIGHT + ("tensorflow-cpu", "scikit-learn", "scipy", "matplotlib")),
-    Archive("light", ("encrypt", "publish", "expire"), LIGHT),
-)
+    "tensorflow": LIGHT + ("tensorflow-cpu", "scikit-learn", "scipy", "matplotlib"),
+    "light": LIGHT,
+}
+ARCHIVES = tuple(Archive(kind, tuple(name for name, step in STEPS.items() if step.archive == kind), requires)
+                 for kind, requires in REQUIRES.items())
 
 
 class PackagingError(RuntimeError):
@@ -60,8 +64,10 @@ def build(out: Path) -> dict[str, tuple[Path, str]]:
         files = {"main.py": archive.main_py().encode(), "requirements.txt": archive.lock_file.read_bytes()}
         for package in PACKAGES:
             for path in sorted((ROOT / package).rglob("*")):
-                if path.is_file() and path.suffix in (".py", ".json") and "__pycache__" not in path.parts:
-                    files[path.relative_to(ROOT).as_posix()] = path.read_bytes()
+                name = path.relative_to(ROOT).as_posix()
+                if path.is_file() and path.suffix in (".py", ".json") and "__pycache__" not in path.parts \
+                        and not name.startswith(LEFT_OUT):
+                    files[name] = path.read_bytes()
         target = out / f"iml-functions-{archive.name}.zip"
         with zipfile.ZipFile(target, "w") as zf:
             for name in sorted(files):

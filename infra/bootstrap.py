@@ -1,16 +1,34 @@
-"""The one place that decides which adapters the ports get."""
+"""The one place that decides which adapters the ports get: for the functions, the command line (the
+verifier included) and the dev stack alike."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Callable
 
 from infra.ledger import Ledger
 from infra.local_bus import InProcessBus
 from infra.local_kms import LocalKms
 from infra.local_storage import LocalBlobStore
-from infra.ports import Kms, Ports
-from infra.settings import Settings
+from infra.ports import BlobStore, Bus, Kms
+from infra.settings import Settings, SettingsError
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Everything a step handler may touch."""
+
+    settings: Settings
+    staging: BlobStore
+    delivery: BlobStore
+    models: BlobStore
+    state: BlobStore
+    ledger: Ledger
+    kms: Kms
+    bus: Bus
+    clock: Callable[[], datetime]
 
 
 def utc_now() -> datetime:
@@ -93,3 +111,33 @@ def gcp_ports(settings: Settings, clock: Callable[[], datetime] = utc_now) -> Po
 
 def build_ports(settings: Settings, clock: Callable[[], datetime] = utc_now) -> Ports:
     return gcp_ports(settings, clock) if settings.backend == "gcp" else local_ports(settings, clock)
+
+
+def verifier_ports(workdir: Path | None = None, ledger_uri: str | None = None,
+                   env: dict[str, str] | None = None) -> Ports:
+    """What the verifier reads: a local pipeline's workdir (its ledger, keys and base models), or a ledger at
+    `ledger_uri` (gs://BUCKET or a folder) with the base models and keys the IML_* variables name, as the
+    functions read them. SettingsError says what is missing."""
+    if (workdir is None) == (ledger_uri is None):
+        raise SettingsError("give either --workdir DIR or --ledger URI")
+    if workdir is not None:
+        if not (workdir / "kms" / "local-keys.json").is_file():
+            raise SettingsError(f"{workdir} holds no pipeline keys: point --workdir at the folder `iml demo` used")
+        return local_ports(Settings(workdir=workdir))
+    try:
+        ports = build_ports(Settings.from_env(env))
+    except SettingsError as error:
+        raise SettingsError(f"--ledger takes the base models and keys from the environment: {error}") from None
+    if ledger_uri.startswith("gs://"):
+        from google.cloud import storage
+
+        from infra.gcs_storage import GcsBlobStore
+
+        store = GcsBlobStore(storage.Client(project=ports.settings.project), ledger_uri[len("gs://"):].strip("/"))
+    else:
+        folder = Path(ledger_uri.removeprefix("file://"))
+        if not folder.is_dir():
+            raise SettingsError(f"--ledger {ledger_uri}: no such folder (use gs://BUCKET or a folder of ledger "
+                                f"records)")
+        store = LocalBlobStore(folder)
+    return replace(ports, ledger=Ledger(store, ports.kms))

@@ -19,7 +19,7 @@ from google.api_core import exceptions as google_errors
 from google.api_core.retry import Retry, if_exception_type
 from google.cloud import kms_v1
 
-from infra.errors import EnvelopeError, KeyUnavailable, TransientError
+from infra.errors import KeyUnavailable, TransientError, UnwrapFailed
 
 
 class KmsIntegrityError(TransientError):
@@ -72,7 +72,7 @@ class CloudKms:
                 name=self._wrap_key, ciphertext=wrapped, ciphertext_crc32c=crc32c(wrapped),
                 additional_authenticated_data=aad, additional_authenticated_data_crc32c=crc32c(aad)))
         except google_errors.InvalidArgument:
-            raise EnvelopeError("the wrapped data key does not open under this KMS key and context") from None
+            raise UnwrapFailed("the wrapped data key does not open under this KMS key and context") from None
         _require(response.plaintext_crc32c == crc32c(response.plaintext), "Decrypt's plaintext failed its CRC32C")
         return response.plaintext
 

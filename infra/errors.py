@@ -24,12 +24,12 @@ class DuplicateRequest(PermanentError):
     """The (user_id, request_id) pair was already turned into a model."""
 
 
-class InvalidDeviceKey(PermanentError):
-    """The device public key is not a usable P-256 or X25519 public key."""
+class StagedObjectInvalid(PermanentError):
+    """A staged object is not a staging envelope, or fails authentication under its name."""
 
 
-class EnvelopeError(PermanentError):
-    """A sealed or staged envelope failed to parse or authenticate."""
+class UnwrapFailed(PermanentError):
+    """A wrapped data key does not open under this KMS key and context."""
 
 
 class ObjectMissing(PermanentError):

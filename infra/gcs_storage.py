@@ -19,8 +19,8 @@ from google.cloud.storage.retry import DEFAULT_RETRY
 
 from infra.errors import ObjectMissing, TransientError
 from infra.ports import BlobInfo
+from infra.settings import MAX_URL_TTL
 
-MAX_URL_TTL = timedelta(days=7)  # the V4 signature's limit
 TRANSIENT = (google_errors.ServiceUnavailable, google_errors.InternalServerError, google_errors.TooManyRequests,
              google_errors.GatewayTimeout, google_errors.RetryError, requests.ConnectionError, requests.Timeout)
 

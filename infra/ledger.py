@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from typing import Iterator
 
@@ -34,6 +34,49 @@ def canonical_json(value: dict) -> bytes:
 
 
 @dataclass(frozen=True)
+class IssuedModel:
+    """The record of an issued model: who it was made for, from which base and fingerprint key version, what was
+    measured, and what was delivered. Encrypt writes it; the verifier, the demo and people read it back."""
+
+    KIND = "issued"
+
+    model_id: str
+    user_id: str
+    request_id: str
+    base_model_version: str
+    fingerprint_key_id: str  # the fingerprint key version its codeword was derived under
+    watermark_strength: float
+    accuracy_unwatermarked: float
+    accuracy_watermarked: float
+    plaintext_sha256: str  # the model as issued, before sealing
+    device_key_sha256: str
+    sealed_sha256: str
+    delivery_object: str
+    generated_at: str
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "float":
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise ValueError(f"{f.name} is not a number")
+            elif not isinstance(value, str):
+                raise ValueError(f"{f.name} is not a string")
+
+    def fields(self) -> dict:
+        """What Ledger.append records (the model id names the record)."""
+        return {name: value for name, value in asdict(self).items() if name != "model_id"}
+
+    @classmethod
+    def from_record(cls, record: dict) -> "IssuedModel":
+        """The record read back; ValueError when it is not one (a field missing, extra, or of the wrong type)."""
+        names = {f.name for f in fields(cls)}
+        if record.get("kind") != cls.KIND or set(record) != names | {"kind", "recorded_at"}:
+            raise ValueError("not an issued-model record")
+        return cls(**{name: record[name] for name in names})
+
+
+@dataclass(frozen=True)
 class LedgerEntry:
     name: str
     record: dict
@@ -48,17 +91,21 @@ class Ledger:
         self._store = store
         self._kms = kms
 
-    def append(self, kind: str, model_id: str, fields: dict, at: datetime) -> bool:
-        """Record `fields` about `model_id`; False (and nothing written) when that record exists already."""
+    def append(self, kind: str, model_id: str, facts: dict, at: datetime) -> bool:
+        """Record `facts` about `model_id`; False (and nothing written) when that record exists already."""
         if not _KIND.match(kind):
             raise ValueError(f"ledger record kind {kind!r} is not a lowercase identifier")
-        record = {**fields, "kind": kind, "model_id": model_id, "recorded_at": at.isoformat()}
+        record = {**facts, "kind": kind, "model_id": model_id, "recorded_at": at.isoformat()}
         body = {
             "record": record,
             "signature": base64.b64encode(self._kms.sign(canonical_json(record))).decode(),
             "signing_key_id": self._kms.signing_key_id,
         }
         return self._store.put(record_name(model_id, kind), canonical_json(body), if_absent=True)
+
+    def issue(self, issued: IssuedModel, at: datetime) -> bool:
+        """Record an issued model; False (and nothing written) when it was recorded already."""
+        return self.append(IssuedModel.KIND, issued.model_id, issued.fields(), at)
 
     def entries(self, kind: str | None = None, *, checked: bool = True) -> Iterator[LedgerEntry]:
         """Every record (of one kind), each with its signature checked unless `checked` is False (then

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from infra.errors import EnvelopeError, KeyUnavailable
+from infra.errors import KeyUnavailable, UnwrapFailed
 
 _NONCE = 12
 
@@ -41,7 +41,7 @@ class LocalKms:
         try:
             return self._wrap_key.decrypt(wrapped[:_NONCE], wrapped[_NONCE:], aad)
         except (InvalidTag, ValueError):
-            raise EnvelopeError("the wrapped data key does not open under this KMS key and context") from None
+            raise UnwrapFailed("the wrapped data key does not open under this KMS key and context") from None
 
     def sign(self, message: bytes) -> bytes:
         return self._signing_key.sign(message, ec.ECDSA(hashes.SHA256()))

@@ -35,9 +35,6 @@ class StructuredLogger:
     def warning(self, message: str, **fields) -> None:
         self._logger.warning(message, extra={"fields": fields})
 
-    def error(self, message: str, **fields) -> None:
-        self._logger.error(message, extra={"fields": fields})
-
 
 def get_logger(name: str) -> StructuredLogger:
     return StructuredLogger(name)

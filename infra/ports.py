@@ -1,16 +1,13 @@
-"""The small protocols the step handlers depend on, and the bundle of them a handler receives.
+"""The small protocols the step handlers depend on: storage, the bus, and the server's keys.
 
-Handlers see only these; `infra.bootstrap` decides whether a port is a local folder or a cloud service.
+Handlers see only these (bundled as infra.bootstrap.Ports); `infra.bootstrap` decides whether a port is a
+local folder or a cloud service.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Callable, Iterator, Protocol
-
-if TYPE_CHECKING:
-    from infra.ledger import Ledger
-    from infra.settings import Settings
+from typing import Iterator, Protocol
 
 
 @dataclass(frozen=True)
@@ -67,18 +64,3 @@ class Kms(Protocol):
         """HMAC-SHA256 under the fingerprint secret: the version `key_id` names (a model's codeword comes from
         the version its ledger record names), or the current one, `fingerprint_key_id`. Raises
         infra.errors.KeyUnavailable for a version this KMS does not hold or may not use."""
-
-
-@dataclass(frozen=True)
-class Ports:
-    """Everything a step handler may touch."""
-
-    settings: "Settings"
-    staging: BlobStore
-    delivery: BlobStore
-    models: BlobStore
-    state: BlobStore
-    ledger: "Ledger"
-    kms: Kms
-    bus: Bus
-    clock: Callable[[], datetime]

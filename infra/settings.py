@@ -16,10 +16,7 @@ BUCKETS = ("IML_STAGING_BUCKET", "IML_DELIVERY_BUCKET", "IML_MODELS_BUCKET", "IM
            "IML_STATE_BUCKET")
 KMS_KINDS = ("local", "cloud")
 CLOUD_KMS_KEYS = ("IML_KMS_WRAP_KEY", "IML_KMS_SIGNING_KEY_VERSION", "IML_KMS_FINGERPRINT_KEY_VERSION")
-MAX_URL_TTL_MINUTES = 7 * 24 * 60  # the V4 signed URL limit
-# Read where the embedded adapters or the emulators run, never given to a deployed function; terraform/main.tf
-# sets every other variable (tests/test_terraform.py holds the two sets together).
-LOCAL_ONLY = ("IML_WORKDIR", "IML_URL_SIGNING_KEY_FILE", "IML_KMS_ENDPOINT")
+MAX_URL_TTL = timedelta(days=7)  # the V4 signed URL's limit
 
 
 class SettingsError(ValueError):
@@ -97,7 +94,7 @@ class Settings:
             url_signing_key_file=Path(env["IML_URL_SIGNING_KEY_FILE"]) if env.get("IML_URL_SIGNING_KEY_FILE") else None,
             backend=backend,
             workdir=Path(env.get("IML_WORKDIR", "iml-work")),
-            url_ttl=timedelta(minutes=_int(env, "IML_URL_TTL_MINUTES", 15, 1, MAX_URL_TTL_MINUTES)),
+            url_ttl=timedelta(minutes=_int(env, "IML_URL_TTL_MINUTES", 15, 1, MAX_URL_TTL // timedelta(minutes=1))),
             model_max_age=timedelta(minutes=_int(env, "IML_MODEL_MAX_AGE_MINUTES", 60, 1, 10**6)),
             staging_max_age=timedelta(minutes=_int(env, "IML_STAGING_MAX_AGE_MINUTES", 60, 1, 10**6)),
             topic_prefix=env.get("IML_TOPIC_PREFIX", "iml-"),

@@ -13,7 +13,7 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from infra.errors import EnvelopeError
+from infra.errors import StagedObjectInvalid
 from infra.ports import BlobStore, Kms
 
 MAGIC = b"IMLSTG1\n"
@@ -31,7 +31,7 @@ def put_staged(store: BlobStore, kms: Kms, name: str, plaintext: bytes) -> None:
 def get_staged(store: BlobStore, kms: Kms, name: str) -> bytes:
     blob = store.get(name)
     if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 2:
-        raise EnvelopeError(f"staging object {name!r} is not a staging envelope")
+        raise StagedObjectInvalid(f"staging object {name!r} is not a staging envelope")
     (wrapped_len,) = struct.unpack_from(">H", blob, len(MAGIC))
     start = len(MAGIC) + 2
     wrapped = blob[start : start + wrapped_len]
@@ -42,4 +42,4 @@ def get_staged(store: BlobStore, kms: Kms, name: str) -> bytes:
     try:
         return AESGCM(data_key).decrypt(nonce, ciphertext, aad)
     except (InvalidTag, ValueError):
-        raise EnvelopeError(f"staging object {name!r} failed authentication") from None
+        raise StagedObjectInvalid(f"staging object {name!r} failed authentication") from None

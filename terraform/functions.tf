@@ -58,7 +58,7 @@ resource "google_cloudfunctions2_function" "step" {
     available_cpu                    = var.functions[each.key].cpu
     timeout_seconds                  = var.functions[each.key].timeout_seconds
     max_instance_count               = var.functions[each.key].max_instances
-    max_instance_request_concurrency = 1
+    max_instance_request_concurrency = each.value.concurrency
     ingress_settings                 = "ALLOW_INTERNAL_ONLY"
     all_traffic_on_latest_revision   = true
     service_account_email            = google_service_account.step[each.key].email

@@ -46,13 +46,9 @@ locals {
     expire    = { ledger = ["roles/cloudkms.signer"] }
   }
 
-  # step => topics it publishes to: its output, the dead letters, and for publish the expire topic (a model
-  # delivered after its user was deleted is handed back to expire, the one step that deletes delivered models)
-  topic_publishers = {
-    for step, wiring in local.steps : step => compact([
-      wiring.output, "dead-letter", step == "publish" ? "expire" : ""
-    ])
-  }
+  # step => topics it publishes to: its outputs (publish hands a model delivered after its user was deleted
+  # back to expire, the one step that deletes delivered models) and the dead letters
+  topic_publishers = { for step, wiring in local.steps : step => concat(wiring.outputs, ["dead-letter"]) }
 
   verifier_key_roles = {
     ledger      = "roles/cloudkms.publicKeyViewer" # checks every record's signature

@@ -15,15 +15,16 @@ locals {
   pubsub_service_agent = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-pubsub.iam.gserviceaccount.com"
   gcs_service_agent    = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
 
-  # The chain: each step reads one topic and (but expire) writes the next. Topic names are prefix + name,
-  # as infra/settings.py Topics.with_prefix builds them.
+  # The chain, as functions/chain.py defines it (tests/integration/test_terraform.py holds the two together):
+  # the topic each step reads, the topics it publishes to, its archive and how many requests an instance
+  # serves at once. Topic names are prefix + name, as infra/settings.py Topics.with_prefix builds them.
   topics = ["signup", "generated", "watermarked", "sealed", "ready", "expire", "dead-letter"]
   steps = {
-    generate  = { input = "signup", output = "generated", archive = "tensorflow" }
-    watermark = { input = "generated", output = "watermarked", archive = "tensorflow" }
-    encrypt   = { input = "watermarked", output = "sealed", archive = "light" }
-    publish   = { input = "sealed", output = "ready", archive = "light" }
-    expire    = { input = "expire", output = null, archive = "light" }
+    generate  = { input = "signup", outputs = ["generated"], archive = "tensorflow", concurrency = 1 }
+    watermark = { input = "generated", outputs = ["watermarked"], archive = "tensorflow", concurrency = 1 }
+    encrypt   = { input = "watermarked", outputs = ["sealed"], archive = "light", concurrency = 1 }
+    publish   = { input = "sealed", outputs = ["ready", "expire"], archive = "light", concurrency = 1 }
+    expire    = { input = "expire", outputs = [], archive = "light", concurrency = 1 }
   }
 
   # What functions/main.py reads (README.md, "Entry points and settings"); tests/test_terraform.py keeps the

@@ -1,42 +1,34 @@
-"""Shared fixtures. The base model is trained once per session and copied into each workdir that needs it,
-so no test pays for training (the one end-to-end CLI test trains its own, as a user's first run would)."""
+"""Shared fixtures, and the tiers: a test module under tests/unit, tests/integration or tests/e2e carries that
+marker (`pytest -m unit`, or `pytest tests/unit`).
+
+The base model is trained once per test run, into one folder (`base_models_dir`), and copied wherever a test
+needs it: the embedded adapters' workdirs, the demo's workdir, the dev stack's models bucket.
+"""
 from __future__ import annotations
 
-import base64
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from functions.events import Ready, Signup
+from functions.events import Ready
 from functions.runner import StepResult, subscribe_steps
-from infra.bootstrap import MovableClock, local_ports
-from infra.ports import Ports
+from infra.bootstrap import MovableClock, Ports, local_ports
+from infra.ledger import IssuedModel
 from infra.settings import Settings
+from tests.helpers import CROWD_SIZE, FACTS, make_signup
+
+TIERS = ("unit", "integration", "e2e")
 
 
-def public_key_b64(private_key: ec.EllipticCurvePrivateKey) -> str:
-    raw = private_key.public_key().public_bytes(
-        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
-    )
-    return base64.b64encode(raw).decode()
-
-
-def make_signup(user_id: str, request_id: str = "req-1", key: ec.EllipticCurvePrivateKey | None = None) -> Signup:
-    key = key or ec.generate_private_key(ec.SECP256R1())
-    return Signup(request_id=request_id, user_id=user_id, device_public_key=public_key_b64(key))
-
-
-def model_step_event(signup: Signup, artifact: str) -> dict:
-    """An internal model-step event for `signup`'s model, as the previous step would publish it."""
-    return {
-        "schema_version": 1, "request_id": signup.request_id, "user_id": signup.user_id,
-        "model_id": signup.model_id, "device_public_key": signup.device_public_key,
-        "base_model_version": "digits-mlp-v1", "artifact": artifact, "facts": {},
-    }
+def pytest_collection_modifyitems(items) -> None:
+    tests = Path(__file__).resolve().parent
+    for item in items:
+        tier = Path(item.fspath).resolve().relative_to(tests).parts[0]
+        if tier in TIERS:
+            item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture
@@ -52,6 +44,7 @@ def ports(tmp_path: Path, clock: MovableClock) -> Ports:
 
 @pytest.fixture(scope="session")
 def base_models_dir(tmp_path_factory) -> Path:
+    """A models bucket's folder holding the trained base model: trained here, once per run."""
     from functions import model
     from infra.local_storage import LocalBlobStore
 
@@ -89,25 +82,22 @@ class Issued:
 
     workdir: Path
     ports: Ports
-    models: dict  # user -> watermark.attacks.Weights
+    models: dict  # user -> watermark.research.attacks.Weights
     tflite: dict[str, bytes]
-
-
-ISSUED_USERS = ("alice", "bob", "carol")
 
 
 @pytest.fixture(scope="session")
 def issued(tmp_path_factory, base_models_dir) -> Issued:
     from infra.envelope import open_sealed_bytes
     from infra.local_storage import fetch_local_url
-    from watermark.attacks import Weights
     from watermark.reader import read_tflite
+    from watermark.research.attacks import Weights
 
     workdir = tmp_path_factory.mktemp("issued")
     shutil.copytree(base_models_dir, workdir / "buckets" / "models")
     ports = local_ports(Settings(workdir=workdir), MovableClock())
     subscribe_steps(ports.bus, ports)
-    keys = {user: ec.generate_private_key(ec.SECP256R1()) for user in ISSUED_USERS}
+    keys = {user: ec.generate_private_key(ec.SECP256R1()) for user in ("alice", "bob", "carol")}
     for user, key in keys.items():
         ports.bus.publish(ports.settings.topics.signup, make_signup(user, key=key).to_dict())
     ports.bus.drain()
@@ -121,3 +111,25 @@ def issued(tmp_path_factory, base_models_dir) -> Issued:
         read = read_tflite(data)
         models[user] = Weights(read.kernels, read.biases)
     return Issued(workdir, ports, models, tflite)
+
+
+@dataclass
+class Crowd:
+    workdir: Path
+    ports: Ports
+    source: bytes  # alice's issued TFLite file: the attacker's raw material
+
+
+@pytest.fixture(scope="session")
+def crowd(issued, tmp_path_factory) -> Crowd:
+    """alice, bob and carol's issued models plus CROWD_SIZE more issued records, each with its own codeword."""
+    workdir = tmp_path_factory.mktemp("crowd") / "work"
+    shutil.copytree(issued.workdir, workdir)
+    ports = local_ports(Settings(workdir=workdir), MovableClock())
+    for i in range(CROWD_SIZE):
+        ports.ledger.issue(IssuedModel(
+            model_id=f"m-crowd-{i:04d}", user_id=f"crowd-{i:04d}", request_id=f"r-{i}",
+            base_model_version="digits-mlp-v1", **{**FACTS, "fingerprint_key_id": ports.kms.fingerprint_key_id},
+            plaintext_sha256="0" * 64, device_key_sha256="0" * 64, sealed_sha256="0" * 64,
+            delivery_object=f"m-crowd-{i:04d}.iml"), ports.clock())
+    return Crowd(workdir, ports, issued.tflite["alice"])

@@ -20,10 +20,10 @@ from typing import Callable
 
 import numpy as np
 
-from functions import base_model
 from infra.errors import KeyUnavailable, ObjectMissing
-from infra.ledger import Ledger, LedgerEntry, record_name
+from infra.ledger import IssuedModel, Ledger, LedgerEntry, record_name
 from infra.ports import BlobStore, Kms
+from watermark import base
 from watermark.align import align
 from watermark.codeword import codeword_seed
 from watermark.detect import (DEFAULT_ALPHA, Residual, log10_p_value, log10_threshold, representable,
@@ -150,30 +150,35 @@ def verify(
         raise NoLedger("the ledger holds no record of an issued model")
     threshold = log10_threshold(len(entries), alpha)
     excluded = [f"{e.name}: {e.problem}" for e in entries if e.valid is False]
-    groups: dict[str, list[LedgerEntry]] = defaultdict(list)
+    groups: dict[str, list[_Record]] = defaultdict(list)
     for entry in entries:
-        version = entry.record.get("base_model_version")
         if entry.valid is False:
             continue
-        if isinstance(version, str) and _VERSION.match(version):
-            groups[version].append(entry)
+        try:
+            issued = IssuedModel.from_record(entry.record)
+        except ValueError as error:
+            excluded.append(f"{entry.name}: {error}")
+            continue
+        if _VERSION.match(issued.base_model_version):
+            groups[issued.base_model_version].append(_Record(entry, issued))
         else:
             excluded.append(f"{entry.name}: the record names no valid base model version")
-    scored: list[tuple[float, LedgerEntry]] = []
+    scored: list[tuple[float, _Record]] = []
     alignment_report: list[str] = []
     weak_alignment: list[str] = []
     incompatible: list[IncompatibleModel] = []
     for version, group in sorted(groups.items()):
         try:
-            base_kernels = base_model.load_kernels(models, version)
+            base_kernels = base.load_kernels(models, version)
         except ObjectMissing:
-            excluded += [f"{e.name}: base model {version!r} is not at hand" for e in group]
+            excluded += [f"{r.entry.name}: base model {version!r} is not at hand" for r in group]
             continue
         try:
             aligned = align(suspect.kernels, base_kernels)
         except IncompatibleModel as error:
             incompatible.append(error)
-            excluded += [f"{e.name}: the file cannot descend from base model {version!r} ({error})" for e in group]
+            excluded += [f"{r.entry.name}: the file cannot descend from base model {version!r} ({error})"
+                         for r in group]
             continue
         alignment_report += [f"{version}: {line}" for line in aligned.report]
         weak_alignment += [f"alignment to {version} matched {found} of {total} base neurons of hidden layer {layer}"
@@ -224,55 +229,58 @@ def check_finite(suspect: ReadModel) -> None:
                 raise ImplausibleWeights(f"dense layer {layer}", f"the {kind} holds a weight that is not finite")
 
 
-def _codeword_seeds(kms: Kms, group: list[LedgerEntry], excluded: list[str]):
+@dataclass(frozen=True)
+class _Record:
+    entry: LedgerEntry  # as read, its signature not yet checked
+    issued: IssuedModel
+
+
+def _codeword_seeds(kms: Kms, group: list[_Record], excluded: list[str]):
     """Each record's codeword seed under the key version it names; records whose version is unavailable are
     excluded (one KMS refusal settles a version)."""
     seeds, kept, unavailable = [], [], {}
-    for entry in group:
-        version = entry.record.get("fingerprint_key_id")
-        if not isinstance(version, str) or not version:
-            excluded.append(f"{entry.name}: the record names no fingerprint key version")
-            continue
+    for record in group:
+        version = record.issued.fingerprint_key_id
         if version not in unavailable:
             try:
-                seeds.append(codeword_seed(kms, entry.record["model_id"], version))
-                kept.append(entry)
+                seeds.append(codeword_seed(kms, record.issued.model_id, version))
+                kept.append(record)
                 continue
             except KeyUnavailable as error:
                 unavailable[version] = str(error)
-        excluded.append(f"{entry.name}: fingerprint key version {version!r} is unavailable "
+        excluded.append(f"{record.entry.name}: fingerprint key version {version!r} is unavailable "
                         f"({unavailable[version]})")
     return seeds, kept
 
 
-def _candidates(scored, ledger: Ledger, threshold: float, top: int, excluded: list[str]):
-    """Best first: check signatures until `top` are shown and every accusable record is settled."""
+def _candidates(scored: list[tuple[float, _Record]], ledger: Ledger, threshold: float, top: int,
+                excluded: list[str]):
+    """Best first: check signatures until `top` are shown and every accusable record is settled. A record is
+    used only if its signature verifies, it reads as it did when it was scored, and it lies where its model id
+    puts it."""
     scored.sort(key=lambda pair: pair[0], reverse=True)
     candidates: list[Candidate] = []
     checked_entries: dict[str, LedgerEntry] = {}
-    for z, entry in scored:
-        model_id = entry.record["model_id"]
+    for z, record in scored:
         log10_p = log10_p_value(z)
         if len(candidates) >= top and log10_p > threshold:
             break
-        checked = ledger.check(entry)
+        name, issued = record.entry.name, record.issued
+        checked = ledger.check(record.entry)
         if not checked.valid:
-            excluded.append(f"{entry.name}: {checked.problem}")
+            excluded.append(f"{name}: {checked.problem}")
             continue
-        if checked.record != entry.record:
-            excluded.append(f"{entry.name}: the record changed while it was being verified")
+        if checked.record != record.entry.record:
+            excluded.append(f"{name}: the record changed while it was being verified")
             continue
-        if not isinstance(checked.record.get("user_id"), str):
-            excluded.append(f"{entry.name}: the record names no user")
-            continue
-        if checked.record.get("kind") != "issued" or entry.name != record_name(model_id, "issued"):
-            excluded.append(f"{entry.name}: not an issued-model record where its model id puts it")
+        if name != record_name(issued.model_id, IssuedModel.KIND):
+            excluded.append(f"{name}: not where its model id puts an issued-model record")
             continue
         candidates.append(Candidate(
-            user_id=checked.record["user_id"], model_id=checked.record["model_id"], score=z, log10_p_value=log10_p,
-            fingerprint_key_id=checked.record["fingerprint_key_id"],
-            base_model_version=str(checked.record.get("base_model_version", "")), accused=log10_p <= threshold))
-        checked_entries[checked.record["model_id"]] = checked
+            user_id=issued.user_id, model_id=issued.model_id, score=z, log10_p_value=log10_p,
+            fingerprint_key_id=issued.fingerprint_key_id, base_model_version=issued.base_model_version,
+            accused=log10_p <= threshold))
+        checked_entries[issued.model_id] = checked
     return candidates, checked_entries
 
 

@@ -1,0 +1,47 @@
+"""Every object name and state key the pipeline writes: built here, parsed back here, nowhere else.
+
+    staging bucket    generated/<model_id>.keras        a fine-tuned model on its way to the watermark
+                      watermarked/<model_id>.tflite     a fingerprinted export on its way to encrypt
+    delivery bucket   <model_id>.iml                    the sealed model a device downloads
+    state bucket      done/<step>/<model_id>            a step completed for a model: a redelivery is skipped
+                      users/<user_id>/models/<model_id> a model admitted for a user (request limit, deletion)
+                      users/<user_id>/deleted           the tombstone a user's deletion leaves
+
+The base model's objects are watermark.base's; the ledger's records are infra.ledger's.
+"""
+from __future__ import annotations
+
+
+def generated_model(model_id: str) -> str:
+    return f"generated/{model_id}.keras"
+
+
+def watermarked_model(model_id: str) -> str:
+    return f"watermarked/{model_id}.tflite"
+
+
+def delivered_model(model_id: str) -> str:
+    return f"{model_id}.iml"
+
+
+def stage_and_model(name: str) -> tuple[str, str]:
+    """The stage folder ("" in the delivery bucket) and the model id of a staging or delivery object."""
+    stage, _, filename = name.rpartition("/")
+    return stage, filename.split(".", 1)[0]
+
+
+def step_done(step: str, model_id: str) -> str:
+    return f"done/{step}/{model_id}"
+
+
+def user_models(user_id: str) -> str:
+    """The prefix under which a user's admitted models are marked."""
+    return f"users/{user_id}/models/"
+
+
+def user_model(user_id: str, model_id: str) -> str:
+    return user_models(user_id) + model_id
+
+
+def user_deleted(user_id: str) -> str:
+    return f"users/{user_id}/deleted"

@@ -1,0 +1,53 @@
+"""Expire: delete delivered models and leftover staging objects older than their TTL, recording each
+deletion in the ledger; or, for a deleted user, every model of theirs at once, whatever its age."""
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from functions import names, users
+from functions.events import ExpireTick
+from infra.bootstrap import Ports
+from infra.logs import get_logger
+from infra.ports import BlobStore
+
+log = get_logger("iml.steps")
+
+
+def handle(tick: ExpireTick, ports: Ports) -> list:
+    now = ports.clock()
+    if tick.deleted_user_id:
+        _delete_user(tick.deleted_user_id, ports, now)
+        return []
+    deleted = _expire_area(ports, ports.delivery, ports.settings.model_max_age, "expired", now)
+    deleted += _expire_area(ports, ports.staging, ports.settings.staging_max_age, "staging-expired", now)
+    log.info("expiry done", deleted=deleted, reason=tick.reason)
+    return []
+
+
+def _expire_area(ports: Ports, store: BlobStore, max_age: timedelta, kind: str, now: datetime) -> int:
+    deleted = 0
+    for info in list(store.list()):
+        if now - info.created < max_age or not store.delete(info.name):
+            continue
+        stage, model_id = names.stage_and_model(info.name)
+        ports.ledger.append(
+            f"{kind}-{stage}" if stage else kind,
+            model_id,
+            {"object": info.name, "created_at": info.created.isoformat(), "deleted_at": now.isoformat()},
+            now,
+        )
+        deleted += 1
+    return deleted
+
+
+def _delete_user(user_id: str, ports: Ports, now: datetime) -> None:
+    model_ids = users.mark_deleted(user_id, ports)
+    leftovers: dict[str, list[str]] = {}
+    for info in ports.staging.list():
+        leftovers.setdefault(names.stage_and_model(info.name)[1], []).append(info.name)
+    for model_id in model_ids:
+        objects = [name for name in [names.delivered_model(model_id)] if ports.delivery.delete(name)]
+        objects += [name for name in leftovers.get(model_id, []) if ports.staging.delete(name)]
+        ports.ledger.append("user-deleted", model_id,
+                            {"user_id": user_id, "objects_deleted": objects, "deleted_at": now.isoformat()}, now)
+    log.info("user deleted", models=len(model_ids))

@@ -1,0 +1,243 @@
+"""The pipeline as deployed, through real processes: the Pub/Sub emulator, the GCS emulator and five
+functions-framework servers behind push subscriptions, all started by `iml dev-stack up`.
+
+Under CI=true a missing emulator fails the run; elsewhere these tests skip, saying how to install it.
+The stack runs with 1-minute TTLs (the expire test waits them out) and the test run's base model. Each test
+makes what it checks, so they pass in any order.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import time
+
+import pytest
+import requests
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from functions import userdata
+from iml import device as devices
+from iml import devstack
+from functions.chain import STEPS
+from iml.devstack import Stack, talking_to
+from infra.bootstrap import build_ports
+from infra.envelope import open_sealed_bytes
+from tests.helpers import make_signup, require, verify_model
+
+TTL_MINUTES = 1
+
+
+class Inbox:
+    """Every ready and dead-letter message of the stack, gathered as tests wait for theirs."""
+
+    def __init__(self, stack: Stack):
+        self.stack = stack
+        self.ready: list[dict] = []
+        self.dead: list[dict] = []
+
+    def wait_until(self, condition, seconds: float = 180.0) -> None:
+        topics = self.stack.settings().topics
+        deadline = time.monotonic() + seconds
+        while not condition(self):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out; ready: {len(self.ready)}, dead letters: "
+                                     f"{[d['reason'] for d in self.dead]}")
+            self.ready += devstack.pull(self.stack, topics.ready, timeout=2)
+            self.dead += devstack.pull(self.stack, topics.dead_letter, timeout=2)
+
+    def ready_for(self, model_id: str) -> list[dict]:
+        return [r for r in self.ready if r["model_id"] == model_id]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, base_models_dir):
+    require(shutil.which("gcloud") is not None and shutil.which("java") is not None,
+            "the Pub/Sub emulator (gcloud, Java)", "install the Google Cloud CLI with its pubsub-emulator component")
+    folder = tmp_path_factory.mktemp("dev-stack")
+    overrides = {"IML_MODEL_MAX_AGE_MINUTES": str(TTL_MINUTES), "IML_STAGING_MAX_AGE_MINUTES": str(TTL_MINUTES)}
+    started = devstack.up(folder, "iml-test", env_overrides=overrides, say=lambda line: None,
+                          base_models=base_models_dir)
+    try:
+        yield started
+    finally:
+        devstack.down(folder, say=lambda line: None)
+        assert not any(devstack.alive(pid) for pid in started.pids.values()), "a process outlived `down`"
+
+
+@pytest.fixture(scope="module")
+def inbox(stack) -> Inbox:
+    return Inbox(stack)
+
+
+@pytest.fixture(scope="module")
+def keys() -> dict:
+    """Every device key the module makes, to check afterwards that none reached a log."""
+    return {}
+
+
+def _sign_up(stack: Stack, keys: dict, user_id: str, request_id: str = "req-1"):
+    key = keys.setdefault(user_id, ec.generate_private_key(ec.SECP256R1()))
+    signup = make_signup(user_id, request_id, key)
+    devstack.publish(stack, stack.settings().topics.signup, signup.to_dict())
+    return signup
+
+
+def _bucket(stack: Stack, role: str):
+    return devstack.storage_client(stack).bucket(f"{stack.project}-{role}")
+
+
+def test_three_users_get_their_models_through_signed_urls(stack, inbox, keys):
+    signups = [_sign_up(stack, keys, user) for user in ("alice", "bob", "carol")]
+    inbox.wait_until(lambda box: all(box.ready_for(s.model_id) for s in signups))
+
+    with talking_to(stack):
+        ports = build_ports(stack.settings())
+    for signup in signups:
+        (ready,) = inbox.ready_for(signup.model_id)
+        assert "X-Goog-Signature=" in ready["download_url"]
+        response = requests.get(ready["download_url"], timeout=30)  # from the GCS emulator, as a phone would
+        assert response.status_code == 200
+        header, tflite = open_sealed_bytes(response.content, keys[signup.user_id],
+                                           expected_user_id=signup.user_id, expected_model_id=signup.model_id)
+        held_out = userdata.for_user(signup.user_id).held_out
+        assert devices.accuracy(tflite, held_out.x, held_out.y) > 0.85
+        with talking_to(stack):
+            verdict = verify_model(tflite, ports)
+        assert verdict.accused == [signup.user_id]
+
+
+def test_a_signup_published_twice_makes_one_model(stack, inbox, keys):
+    signup = _sign_up(stack, keys, "dave", "req-twice")
+    _sign_up(stack, keys, "dave", "req-twice")
+    inbox.wait_until(lambda box: box.ready_for(signup.model_id) and any(
+        d["error_type"] == "DuplicateRequest" for d in box.dead))
+    time.sleep(3)  # anything still on its way would show up now
+    inbox.wait_until(lambda box: True)
+
+    assert len(inbox.ready_for(signup.model_id)) == 1
+    issued = [b for b in _bucket(stack, "evidence").list_blobs(prefix=f"records/{signup.model_id}/")]
+    assert [b.name for b in issued] == [f"records/{signup.model_id}/issued.json"]
+    assert _bucket(stack, "delivery").blob(f"{signup.model_id}.iml").exists()
+
+
+def test_poison_events_are_dead_lettered_and_the_good_ones_around_them_complete(stack, inbox, keys):
+    from google.cloud import pubsub_v1
+
+    topic = stack.settings().topics.signup
+    first = _sign_up(stack, keys, "erin")
+    bad_key = make_signup("frank").to_dict() | {"device_public_key": base64.b64encode(b"\x04" + b"\1" * 64).decode()}
+    missing_field = {k: v for k, v in make_signup("grace").to_dict().items() if k != "user_id"}
+    with talking_to(stack):
+        publisher = pubsub_v1.PublisherClient()
+        path = publisher.topic_path(stack.project, topic)
+        for data in (json.dumps(bad_key).encode(), b"{not json", json.dumps(missing_field).encode()):
+            publisher.publish(path, data).result(30)
+    last = _sign_up(stack, keys, "heidi")
+    before = len(inbox.dead)
+    inbox.wait_until(lambda box: box.ready_for(first.model_id) and box.ready_for(last.model_id)
+                     and len(box.dead) >= before + 3)
+
+    reasons = {d["error_type"]: d["reason"] for d in inbox.dead[before:]}
+    assert reasons["InvalidDeviceKey"] == "device_public_key is not a point on the P-256 curve"
+    assert sorted(d["reason"] for d in inbox.dead[before:] if d["error_type"] == "InvalidEvent") == [
+        "invalid event: field '(event)': is not valid JSON", "invalid event: field 'user_id': is required"]
+    assert any(d.get("message_base64") == base64.b64encode(b"{not json").decode() for d in inbox.dead[before:])
+
+
+def test_storage_down_mid_run_loses_nothing(stack, inbox, keys):
+    signups = [_sign_up(stack, keys, user) for user in ("ivan", "judy")]
+    time.sleep(1)
+    assert devstack.stop_process(stack.pids["storage"])  # Cloud Storage goes away while the steps run
+    time.sleep(6)
+    inbox.wait_until(lambda box: True)
+    assert not any(inbox.ready_for(s.model_id) for s in signups), "the outage came too late to matter"
+    port = int(stack.storage.rsplit(":", 1)[1])
+    devstack.start_storage_emulator(stack, port)
+    stack.save()
+    inbox.wait_until(lambda box: all(box.ready_for(s.model_id) for s in signups))
+
+    for signup in signups:
+        assert len(inbox.ready_for(signup.model_id)) == 1
+    inbox.wait_until(lambda box: not list(_bucket(stack, "staging").list_blobs()), seconds=30)
+
+
+def test_expire_past_the_ttl_deletes_delivered_and_staging_objects(stack, inbox):
+    late = _bucket(stack, "delivery").blob("m-fedcba9876543210fedcba9876543210.iml")
+    late.upload_from_string(b"a sealed model nobody fetched")
+    leftover = _bucket(stack, "staging").blob("watermarked/m-0123456789abcdef0123456789abcdef.tflite")
+    leftover.upload_from_string(b"an abandoned staging envelope")
+    delivered = [b.name for b in _bucket(stack, "delivery").list_blobs()]  # every other is older than ours
+    time.sleep(2 + max(0.0, TTL_MINUTES * 60 - min(_age_seconds(late), _age_seconds(leftover))))
+
+    devstack.publish(stack, stack.settings().topics.expire, {"schema_version": 1, "reason": "test"})
+    inbox.wait_until(lambda box: not list(_bucket(stack, "delivery").list_blobs())
+                     and not leftover.exists(), seconds=60)
+    records = {b.name for b in _bucket(stack, "evidence").list_blobs()}
+    assert "records/m-0123456789abcdef0123456789abcdef/staging-expired-watermarked.json" in records
+    assert {f"records/{name.split('.')[0]}/expired.json" for name in delivered} <= records  # each deletion
+
+
+def test_no_secret_reaches_any_log_line(stack, inbox, keys):
+    """After a model, a dead letter and an expiry, no log line of any process holds a secret."""
+    signup = _sign_up(stack, keys, "mallory")
+    devstack.publish(stack, stack.settings().topics.signup, {"schema_version": 1, "poison": True})
+    inbox.wait_until(lambda box: box.ready_for(signup.model_id))
+    devstack.publish(stack, stack.settings().topics.expire, {"schema_version": 1, "reason": "log check"})
+    time.sleep(3)  # the expire step logs as it finishes
+    logs = {path.name: path.read_text(errors="replace") for path in (stack.folder / "logs").glob("*.log")}
+    secrets = {"a download URL's signature": [re.search(r"X-Goog-Signature=([0-9a-f]+)", r["download_url"]).group(1)
+                                               for r in inbox.ready]}
+    secrets["a device private key"] = [_private_hex(key) for key in keys.values()]
+    local_keys = json.loads((stack.folder / "work" / "kms" / "local-keys.json").read_text())
+    secrets["a server key"] = [v for v in _strings(local_keys) if len(v) >= 32]
+    url_key = json.loads((stack.folder / "url-signing-key.json").read_text())["private_key"]
+    secrets["the URL signing key"] = [line for line in url_key.splitlines() if "PRIVATE KEY" not in line][:3]
+    assert all(secrets.values()) and len(logs) == 7
+    for name, text in logs.items():
+        for what, values in secrets.items():
+            assert not any(value in text for value in values), f"{what} is in {name}"
+        assert "X-Goog-Signature" not in text and "PRIVATE KEY" not in text, name
+    ours = [json.loads(line) for step in STEPS for line in logs[f"{step}.log"].splitlines()
+            if line.startswith("{")]
+    assert len(ours) > 20 and all({"severity", "message"} <= set(line) for line in ours)
+    assert {line["message"] for line in ours} >= {"step done", "message dead-lettered", "expiry done"}
+
+
+def _age_seconds(blob) -> float:
+    blob.reload()
+    from datetime import datetime, timezone
+
+    return (datetime.now(timezone.utc) - blob.time_created).total_seconds()
+
+
+def _private_hex(key: ec.EllipticCurvePrivateKey) -> str:
+    return format(key.private_numbers().private_value, "064x")
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return [value] if isinstance(value, str) else []
+
+
+def test_down_stops_every_process_it_started(tmp_path):
+    """`down` stops each process group `up` recorded (a process and its children) and forgets the stack."""
+    import subprocess
+
+    folder = tmp_path / "stack"
+    (folder / "logs").mkdir(parents=True)
+    recorded = Stack(folder, "iml-test")
+    for name in ("pubsub", "generate"):  # a parent with a child of its own, as gcloud starts Java
+        process = subprocess.Popen(["bash", "-c", "sleep 300 & wait"], start_new_session=True)
+        recorded.pids[name] = process.pid
+    recorded.save()
+    stopped = devstack.down(folder, say=lambda line: None)
+    assert sorted(stopped) == ["generate", "pubsub"]
+    assert not any(devstack.alive(pid) for pid in recorded.pids.values())
+    assert subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True).returncode == 1, "a child outlived"
+    with pytest.raises(devstack.DevStackError, match="no dev stack runs in"):
+        devstack.down(folder)

@@ -1,0 +1,137 @@
+"""What several test modules share: the repository's root, events as the app backend or an earlier step would
+send them, and the real local stand-ins of cloud services (started as separate processes).
+
+Under CI=true a missing emulator fails the run; elsewhere the tests that need it skip, saying how to install it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+from contextlib import contextmanager
+from importlib.util import find_spec
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from functions.events import Signup
+from iml.device import public_key_b64
+from iml.devstack import free_port, wait_for_port
+
+ROOT = Path(__file__).resolve().parents[1]
+CROWD_SIZE = 1000  # issued records beside alice's, bob's and carol's in the `crowd` fixture's ledger
+SOURCE = "alice"  # whose issued model the crafted files are made from
+FACTS = {"generated_at": "2026-11-21T12:00:00+00:00", "accuracy_unwatermarked": 0.95,
+         "accuracy_watermarked": 0.949, "fingerprint_key_id": "local-fingerprint-0", "watermark_strength": 0.08}
+
+
+def make_signup(user_id: str, request_id: str = "req-1", key: ec.EllipticCurvePrivateKey | None = None) -> Signup:
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    return Signup(request_id=request_id, user_id=user_id, device_public_key=public_key_b64(key))
+
+
+def model_step_event(signup: Signup, artifact: str, facts: dict | None = None) -> dict:
+    """An internal model-step event for `signup`'s model, as the previous step would publish it."""
+    return {
+        "schema_version": 1, "request_id": signup.request_id, "user_id": signup.user_id,
+        "model_id": signup.model_id, "device_public_key": signup.device_public_key,
+        "base_model_version": "digits-mlp-v1", "artifact": artifact, "facts": facts or {},
+    }
+
+
+def mutations():
+    """Edits of a float32 TFLite file's weights, as an attacker who read our code might craft them."""
+    from hypothesis import strategies as st
+
+    from watermark.research.attacks import LARGE_FACTORS, MUTATION_KINDS, SPECIAL_VALUES, Mutation
+
+    return st.builds(
+        Mutation,
+        kind=st.sampled_from(MUTATION_KINDS),
+        layer=st.integers(0, 2),
+        index=st.integers(0, 20_000),
+        value=st.one_of(st.sampled_from(SPECIAL_VALUES + LARGE_FACTORS), st.floats(width=32)),
+        count=st.integers(1, 40),
+    )
+
+
+def verify_model(data: bytes, ports, suffix: str = ".tflite"):
+    """The verifier's verdict on a model file holding `data`, through the verifier's one use case
+    (watermark.verify.verify_file), the file read in this process (the CLI reads it in its sandbox)."""
+    import tempfile
+
+    from watermark.reader import read_model
+    from watermark.verify import verify_file
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"model{suffix}"
+        path.write_bytes(data)
+        return verify_file(path, ports.ledger, ports.kms, ports.models, read=read_model)
+
+
+def strict_json(text: str) -> dict:
+    """JSON as the verifier promises it: NaN or Infinity anywhere fails the test."""
+    import json
+
+    def refuse(constant: str):
+        raise AssertionError(f"{constant} in the JSON output")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def watermarked_event(signup: Signup, ports, tflite: bytes = b"TFL3 stand-in model bytes") -> dict:
+    """`tflite` staged as the watermark step stages it, and the event it would publish, with the facts the
+    watermark step records (the model's digest among them)."""
+    from functions import names
+    from infra.staging import put_staged
+
+    artifact = names.watermarked_model(signup.model_id)
+    put_staged(ports.staging, ports.kms, artifact, tflite)
+    facts = {**FACTS, "fingerprint_key_id": ports.kms.fingerprint_key_id,
+             "plaintext_sha256": hashlib.sha256(tflite).hexdigest()}
+    return model_step_event(signup, artifact, facts)
+
+def require(available: bool, what: str, install: str) -> None:
+    if available:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} is missing under CI ({install})")
+    pytest.skip(f"{what} is not installed here: {install}")
+
+
+@contextmanager
+def gcs_emulator():
+    """gcp-storage-emulator in memory; yields its endpoint (http://127.0.0.1:PORT)."""
+    require(find_spec("gcp_storage_emulator") is not None, "gcp-storage-emulator",
+            "pip install -e '.[test]' installs it")
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--port", str(port),
+                                "--in-memory", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port, process)
+        yield f"http://127.0.0.1:{port}", process
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+@contextmanager
+def pubsub_emulator(data_dir):
+    """The official Pub/Sub emulator (gcloud beta emulators pubsub start); yields host:port."""
+    import shutil
+
+    gcloud = shutil.which("gcloud")
+    require(gcloud is not None and shutil.which("java") is not None, "the Pub/Sub emulator (gcloud, Java)",
+            "install the Google Cloud CLI with its pubsub-emulator component and a Java runtime")
+    port = free_port()
+    process = subprocess.Popen([gcloud, "beta", "emulators", "pubsub", "start", f"--host-port=127.0.0.1:{port}",
+                                f"--data-dir={data_dir}", "--quiet"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for_port(port, process, seconds=60)
+        yield f"127.0.0.1:{port}"
+    finally:
+        os.killpg(process.pid, 15)  # gcloud starts the emulator's Java process as its child
+        process.wait(timeout=20)
