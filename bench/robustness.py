@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from functions import base_model, userdata  # noqa: E402
+from functions import userdata  # noqa: E402
 from functions.events import Ready, Signup  # noqa: E402
 from functions.runner import subscribe_steps  # noqa: E402
 from iml.device import public_key_b64  # noqa: E402
@@ -44,6 +44,7 @@ from infra.local_storage import fetch_local_url  # noqa: E402
 from infra.settings import Settings  # noqa: E402
 from watermark.research import attacks  # noqa: E402
 from watermark.align import align  # noqa: E402
+from watermark.base import load_kernels as load_base_kernels  # noqa: E402
 from watermark.research.attacks import Weights  # noqa: E402
 from watermark.research.baseline import UchidaMark  # noqa: E402
 from watermark.detect import Residual, log10_threshold, z_scores, z_threshold  # noqa: E402
@@ -210,7 +211,7 @@ def null_trials(ports, models: dict[str, Weights], out: Path, rng: np.random.Gen
     """z of codewords that were never embedded in the file: innocent by construction."""
     from functions import model as tf_model
 
-    base = base_model.load_kernels(ports.models)
+    base = load_base_kernels(ports.models, tf_model.BASE_MODEL_VERSION)
     per_model = max(1, math.ceil(10_000 / len(models)))
     null_z = []
     for weights in models.values():

@@ -55,13 +55,13 @@ class IssuedModel:
     generated_at: str
 
     def __post_init__(self) -> None:
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.type == "float":
+        for name, kind in _ISSUED_FIELDS.items():
+            value = getattr(self, name)
+            if kind == "float":
                 if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise ValueError(f"{f.name} is not a number")
+                    raise ValueError(f"{name} is not a number")
             elif not isinstance(value, str):
-                raise ValueError(f"{f.name} is not a string")
+                raise ValueError(f"{name} is not a string")
 
     def fields(self) -> dict:
         """What Ledger.append records (the model id names the record)."""
@@ -70,10 +70,13 @@ class IssuedModel:
     @classmethod
     def from_record(cls, record: dict) -> "IssuedModel":
         """The record read back; ValueError when it is not one (a field missing, extra, or of the wrong type)."""
-        names = {f.name for f in fields(cls)}
-        if record.get("kind") != cls.KIND or set(record) != names | {"kind", "recorded_at"}:
+        if record.get("kind") != cls.KIND or record.keys() != _ISSUED_RECORD_KEYS:
             raise ValueError("not an issued-model record")
-        return cls(**{name: record[name] for name in names})
+        return cls(**{name: record[name] for name in _ISSUED_FIELDS})
+
+
+_ISSUED_FIELDS = {f.name: f.type for f in fields(IssuedModel)}  # name -> "str" or "float"
+_ISSUED_RECORD_KEYS = _ISSUED_FIELDS.keys() | {"kind", "recorded_at"}
 
 
 @dataclass(frozen=True)

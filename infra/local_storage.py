@@ -21,13 +21,17 @@ class LocalBlobStore:
     def __init__(self, root: Path, *, clock=lambda: datetime.now(timezone.utc)):
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self._root = str(self.root)
         self._clock = clock
 
-    def _path(self, name: str) -> Path:
+    def _file(self, name: str) -> str:
         parts = name.split("/")
         if not name or "\\" in name or any(part in ("", ".", "..") for part in parts):
             raise ValueError(f"object name {name!r} is not a safe relative name")
-        return self.root.joinpath(*parts)
+        return os.path.join(self._root, *parts)
+
+    def _path(self, name: str) -> Path:
+        return Path(self._file(name))
 
     def put(self, name: str, data: bytes, *, if_absent: bool = False) -> bool:
         path = self._path(name)
@@ -53,7 +57,8 @@ class LocalBlobStore:
 
     def get(self, name: str) -> bytes:
         try:
-            return self._path(name).read_bytes()
+            with open(self._file(name), "rb") as f:
+                return f.read()
         except FileNotFoundError:
             raise ObjectMissing(f"no object {name!r}") from None
 
@@ -69,21 +74,28 @@ class LocalBlobStore:
 
     def list(self, prefix: str = "") -> Iterator[BlobInfo]:
         folder = prefix.rpartition("/")[0]  # walk only below the prefix's folder
-        start = self._path(folder) if folder else self.root
-        root = str(self.root)
+        start = self._file(folder) if folder else self._root
         found = []
-        for directory, _, files in os.walk(start):
-            relative = os.path.relpath(directory, root)
-            parts = () if relative == "." else tuple(relative.split(os.sep))
-            found += [(*parts, file) for file in files if not file.startswith(".tmp-")]
-        for parts in sorted(found):  # the order of a sorted Path list, as before
-            name = "/".join(parts)
-            if name.startswith(prefix):
+        self._walk(start, folder + "/" if folder else "", prefix, found)
+        for name, stat in sorted(found, key=lambda pair: pair[0]):  # in name order, as Cloud Storage lists
+            yield BlobInfo(name, stat.st_size, datetime.fromtimestamp(stat.st_mtime, timezone.utc))
+
+    def _walk(self, directory: str, name_prefix: str, prefix: str, found: list) -> None:
+        """(name, stat) of every object below `directory` whose name starts with `prefix`."""
+        try:
+            entries = list(os.scandir(directory))
+        except FileNotFoundError:  # no object was ever stored there, or it was deleted since
+            return
+        for entry in entries:
+            name = name_prefix + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                self._walk(entry.path, name + "/", prefix, found)
+            elif entry.is_file(follow_symlinks=False) and not entry.name.startswith(".tmp-") \
+                    and name.startswith(prefix):
                 try:
-                    stat = os.stat(os.path.join(root, *parts))
+                    found.append((name, entry.stat()))
                 except FileNotFoundError:  # deleted since the walk
                     continue
-                yield BlobInfo(name, stat.st_size, datetime.fromtimestamp(stat.st_mtime, timezone.utc))
 
     def download_url(self, name: str, ttl: timedelta) -> str:
         """A file URL with its expiry; `fetch_local_url` refuses it once expired, as GCS refuses a stale V4 URL."""
