@@ -39,6 +39,7 @@ from functions.runner import subscribe_steps  # noqa: E402
 from iml.device import public_key_b64  # noqa: E402
 from infra import logs  # noqa: E402
 from infra.bootstrap import local_ports  # noqa: E402
+from infra.ledger import IssuedModel  # noqa: E402
 from infra.envelope import open_sealed_bytes  # noqa: E402
 from infra.local_storage import fetch_local_url  # noqa: E402
 from infra.settings import Settings  # noqa: E402
@@ -122,8 +123,8 @@ def main() -> None:
     started = time.perf_counter()
     ports, issued = issue(args.users, workdir, args.strength)
     print(f"issued {len(issued)} models in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    costs = [e.record["accuracy_unwatermarked"] - e.record["accuracy_watermarked"]
-             for e in ports.ledger.entries("issued")]
+    records = [IssuedModel.from_record(e.record) for e in ports.ledger.entries("issued")]
+    costs = [r.accuracy_unwatermarked - r.accuracy_watermarked for r in records]
     print(f"our fingerprint (strength {args.strength}) costs {100 * statistics.median(costs):.2f} accuracy points "
           f"median, {100 * max(costs):.2f} at most, over {len(costs)} users", file=sys.stderr)
     marks = {user: UchidaMark(user, w.kernels[0].size) for user, w in issued.items()}

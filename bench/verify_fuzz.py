@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 import multiprocessing
 import os
 import shutil
@@ -37,6 +38,7 @@ from rich.table import Table  # noqa: E402
 
 from infra import logs  # noqa: E402
 from infra.bootstrap import MovableClock, local_ports  # noqa: E402
+from infra.ledger import IssuedModel  # noqa: E402
 from infra.settings import Settings  # noqa: E402
 from watermark.research.attacks import (LARGE_FACTORS, MUTATION_KINDS, SPECIAL_VALUES, Mutation,  # noqa: E402
                                         mutate_tflite)
@@ -77,10 +79,10 @@ def issue(workdir: Path, crowd: int) -> bytes:
     ports.bus.drain()
     ready = next(Ready.parse(m) for m in ports.bus.journal(ports.settings.topics.ready)
                  if m["user_id"] == SOURCE)
-    for i in range(crowd):
-        ports.ledger.append("issued", f"m-crowd-{i:05d}", {
-            "user_id": f"crowd-{i:05d}", "request_id": f"r-{i}", "base_model_version": "digits-mlp-v1",
-            "fingerprint_key_id": ports.kms.fingerprint_key_id}, ports.clock())
+    issued = next(IssuedModel.from_record(e.record) for e in ports.ledger.entries("issued"))
+    for i in range(crowd):  # as many more issued models, each with its own codeword
+        ports.ledger.issue(replace(issued, model_id=f"m-crowd-{i:05d}", user_id=f"crowd-{i:05d}",
+                                   request_id=f"r-{i}", delivery_object=f"m-crowd-{i:05d}.iml"), ports.clock())
     return open_sealed_bytes(fetch_local_url(ready.download_url, ports.clock()), keys[SOURCE])[1]
 
 

@@ -1,1 +1,2 @@
-"""The five pipeline steps as plain handlers, and their functions-framework entry points (main.py)."""
+"""The pipeline: the step chain (chain.py), one module per step (steps/), the runner with Pub/Sub semantics,
+the functions-framework entry points (main.py), the events, the object names, and the recipe."""

@@ -1,1 +1,1 @@
-"""The `iml` command: the embedded demo, the verifier, and the simulated device."""
+"""The `iml` command: the demo, the verifier, the device reference client, the dev stack and the packager."""

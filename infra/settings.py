@@ -1,7 +1,7 @@
 """Settings, read once from environment variables (the same names locally and in the cloud).
 
 Every variable, its meaning and default is in the one table in README.md ("Entry points and settings");
-tests/test_infra.py keeps that table and this module in step.
+tests/unit/test_infra.py keeps that table and this module in step.
 """
 from __future__ import annotations
 

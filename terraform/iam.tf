@@ -1,5 +1,5 @@
 # What each function's service account may do, on the one resource each grant names; no project-wide role.
-# Read it as a table: the promises of DESIGN.md §5 are visible here, and tests/test_terraform.py checks them:
+# Read it as a table: the promises of DESIGN.md §5 are visible here, and tests/integration/test_terraform.py checks them:
 # - only encrypt writes the delivery bucket, and only expire deletes from it (objectUser has delete; objectCreator
 #   cannot overwrite, so it cannot delete either);
 # - only watermark uses the fingerprint key (generate never needs it, so it is not given it);

@@ -39,7 +39,7 @@ resource "google_kms_key_ring" "iml" {
 }
 
 resource "google_kms_crypto_key" "protected" {
-  # checkov:skip=CKV_GCP_43:cmek and envelope rotate every key_rotation_days (at most 90, validated; tests/test_terraform.py checks it) but checkov cannot read a local; the MAC and signing keys cannot rotate automatically in Cloud KMS and roll by version (runbook).
+  # checkov:skip=CKV_GCP_43:cmek and envelope rotate every key_rotation_days (at most 90, validated; tests/integration/test_terraform.py checks it) but checkov cannot read a local; the MAC and signing keys cannot rotate automatically in Cloud KMS and roll by version (runbook).
   for_each = var.prevent_destroy ? local.crypto_keys : {}
 
   name            = "${var.name_prefix}${each.key}"
@@ -59,7 +59,7 @@ resource "google_kms_crypto_key" "protected" {
 }
 
 resource "google_kms_crypto_key" "ephemeral" {
-  # checkov:skip=CKV_GCP_43:cmek and envelope rotate every key_rotation_days (at most 90, validated; tests/test_terraform.py checks it) but checkov cannot read a local; the MAC and signing keys cannot rotate automatically in Cloud KMS and roll by version (runbook).
+  # checkov:skip=CKV_GCP_43:cmek and envelope rotate every key_rotation_days (at most 90, validated; tests/integration/test_terraform.py checks it) but checkov cannot read a local; the MAC and signing keys cannot rotate automatically in Cloud KMS and roll by version (runbook).
   # checkov:skip=CKV_GCP_82:This copy exists for prevent_destroy = false (throwaway environments), by the variable's choice.
   for_each = var.prevent_destroy ? {} : local.crypto_keys
 

@@ -27,7 +27,7 @@ locals {
     expire    = { input = "expire", outputs = [], archive = "light", concurrency = 1 }
   }
 
-  # What functions/main.py reads (README.md, "Entry points and settings"); tests/test_terraform.py keeps the
+  # What functions/main.py reads (README.md, "Entry points and settings"); tests/integration/test_terraform.py keeps the
   # two in step. IML_WORKDIR, IML_URL_SIGNING_KEY_FILE and IML_KMS_ENDPOINT serve local runs only.
   function_environment = {
     IML_BACKEND                     = "gcp"

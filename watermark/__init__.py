@@ -1,1 +1,2 @@
-"""Per-model fingerprints in the weights: derive, embed, read back from a leaked file, and accuse."""
+"""Per-model fingerprints in the weights: derive, embed, read back from a leaked file, and accuse (the
+verifier and its evidence report)."""

@@ -246,18 +246,20 @@ def _strings(value) -> list[str]:
 
 def test_down_stops_every_process_it_started(tmp_path):
     """`down` stops each process group `up` recorded (a process and its children) and forgets the stack."""
+    import os
     import subprocess
 
     folder = tmp_path / "stack"
     (folder / "logs").mkdir(parents=True)
     recorded = Stack(folder, "iml-test")
+    nap = f"sleep {600 + os.getpid() % 1000}.5"  # this test's own, to find its processes by
     for name in ("pubsub", "generate"):  # a parent with a child of its own, as gcloud starts Java
-        process = subprocess.Popen(["bash", "-c", "sleep 300 & wait"], start_new_session=True)
+        process = subprocess.Popen(["bash", "-c", f"{nap} & wait"], start_new_session=True)
         recorded.pids[name] = process.pid
     recorded.save()
     stopped = devstack.down(folder, say=lambda line: None)
     assert sorted(stopped) == ["generate", "pubsub"]
     assert not any(devstack.alive(pid) for pid in recorded.pids.values())
-    assert subprocess.run(["pgrep", "-f", "sleep 300"], capture_output=True).returncode == 1, "a child outlived"
+    assert subprocess.run(["pgrep", "-f", nap], capture_output=True).returncode == 1, "a child outlived `down`"
     with pytest.raises(devstack.DevStackError, match="no dev stack runs in"):
         devstack.down(folder)

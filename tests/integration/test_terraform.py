@@ -212,6 +212,7 @@ def test_each_step_is_wired_and_deployed_as_the_chain_table_says(tf):
         assert steps[name]["archive"] == step.archive, name
         assert steps[name]["concurrency"] == step.concurrency, name
     assert {step.delivery_attempts for step in STEPS.values()} == {tf["variable"]["max_delivery_attempts"]["default"]}
+    assert set(tf["variable"]["functions"]["default"]) == set(STEPS)  # sized per step, every step
     service = block(resources(tf, "google_cloudfunctions2_function")["step"], "service_config")
     assert service["max_instance_request_concurrency"] == "${each.value.concurrency}"
 
