@@ -26,7 +26,8 @@ class Step:
     archive: str  # the function source archive it ships in: "tensorflow" or "light"
     concurrency: int  # requests one instance serves at once
     delivery_attempts: int  # deliveries of one message before the dead-letter topic
-    duplicate_is_error: bool = False  # a signup seen again is a duplicate request; an internal event, a redelivery
+    consumes_input: bool = False  # deletes its input (a staging object) once its outputs are out
+    records_outputs: bool = True  # False: a retry recomputes them (publish's hold a fresh signed URL, a secret)
 
     @property
     def handle(self) -> Callable[[Any, Any], list]:
@@ -47,14 +48,17 @@ class Step:
         raise TypeError(f"step {self.name} returned a {type(output).__name__}, which it does not publish")
 
 
-ATTEMPTS = 5  # Pub/Sub's smallest dead-letter policy; terraform's max_delivery_attempts default
+ATTEMPTS = 16  # terraform's max_delivery_attempts default: enough to outlast a crashed claimant's lease (docs/delivery.md)
 STEPS = {
     step.name: step
     for step in (
-        Step("generate", "signup", Signup, ((ModelEvent, "generated"),), "tensorflow", 1, ATTEMPTS, True),
-        Step("watermark", "generated", ModelEvent, ((ModelEvent, "watermarked"),), "tensorflow", 1, ATTEMPTS),
-        Step("encrypt", "watermarked", ModelEvent, ((ModelEvent, "sealed"),), "light", 1, ATTEMPTS),
-        Step("publish", "sealed", ModelEvent, ((Ready, "ready"), (ExpireTick, "expire")), "light", 1, ATTEMPTS),
+        Step("generate", "signup", Signup, ((ModelEvent, "generated"),), "tensorflow", 1, ATTEMPTS),
+        Step("watermark", "generated", ModelEvent, ((ModelEvent, "watermarked"),), "tensorflow", 1, ATTEMPTS,
+             consumes_input=True),
+        Step("encrypt", "watermarked", ModelEvent, ((ModelEvent, "sealed"),), "light", 1, ATTEMPTS,
+             consumes_input=True),
+        Step("publish", "sealed", ModelEvent, ((Ready, "ready"), (ExpireTick, "expire")), "light", 1, ATTEMPTS,
+             records_outputs=False),
         Step("expire", "expire", ExpireTick, (), "light", 1, ATTEMPTS),
     )
 }

@@ -138,13 +138,21 @@ class Ready:
     sealed_sha256: str
     sealed_size: int
 
+    @property
+    def notification_id(self) -> str:
+        """One per model, the same in every copy (a retry may publish a second one): consumers deduplicate on it."""
+        return f"ready-{self.model_id}"
+
     @classmethod
     def parse(cls, data: object) -> "Ready":
         valid = validate("ready", data)
-        return cls(**{k: v for k, v in valid.items() if k != "schema_version"})
+        ready = cls(**{k: v for k, v in valid.items() if k not in ("schema_version", "notification_id")})
+        if valid["notification_id"] != ready.notification_id:
+            raise InvalidEvent("notification_id", "must be 'ready-' followed by the model_id")
+        return ready
 
     def to_dict(self) -> dict:
-        return {"schema_version": SCHEMA_VERSION, **asdict(self)}
+        return {"schema_version": SCHEMA_VERSION, "notification_id": self.notification_id, **asdict(self)}
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,11 @@
     staging bucket    generated/<model_id>.keras        a fine-tuned model on its way to the watermark
                       watermarked/<model_id>.tflite     a fingerprinted export on its way to encrypt
     delivery bucket   <model_id>.iml                    the sealed model a device downloads
-    state bucket      done/<step>/<model_id>            a step completed for a model: a redelivery is skipped
-                      users/<user_id>/models/<model_id> a model admitted for a user (request limit, deletion)
+    state bucket      claims/<step>/<model_id>/<epoch>  a delivery works on a model at a step (functions/progress.py)
+                      outbox/<step>/<model_id>          a step's outputs for a model, recorded before publication
+                      done/<step>/<model_id>            a step completed for a model: a redelivery is skipped
+                      users/<user_id>/models/<model_id> a model admitted for a user (deletion)
+                      slots/<user_id>/<period>/<slot>   the request limit's slots: one per model admitted in a period
                       users/<user_id>/deleted           the tombstone a user's deletion leaves
 
 The base model's objects are watermark.base's; the ledger's records are infra.ledger's.
@@ -32,6 +35,33 @@ def stage_and_model(name: str) -> tuple[str, str]:
 
 def step_done(step: str, model_id: str) -> str:
     return f"done/{step}/{model_id}"
+
+
+def step_outbox(step: str, model_id: str) -> str:
+    return f"outbox/{step}/{model_id}"
+
+
+def step_claims(step: str, model_id: str) -> str:
+    """The prefix under which the claims on a model at a step are numbered."""
+    return f"claims/{step}/{model_id}/"
+
+
+def step_claim(step: str, model_id: str, epoch: int) -> str:
+    return f"{step_claims(step, model_id)}{epoch:09d}"
+
+
+def claim_released(claim: str) -> str:
+    """The marker that a claim was given back."""
+    return f"{claim}.released"
+
+
+def user_slots(user_id: str, period: int) -> str:
+    """The prefix of a user's request-limit slots in one period (periods are numbered from the Unix epoch)."""
+    return f"slots/{user_id}/{period}/"
+
+
+def user_slot(user_id: str, period: int, slot: int) -> str:
+    return f"{user_slots(user_id, period)}{slot:06d}"
 
 
 def user_models(user_id: str) -> str:

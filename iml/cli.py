@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from functions.chain import STEPS
 from iml.device import SUITES
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -241,7 +242,8 @@ def seal_command(model: Path, device_pub: Path, user_id: str, model_id: str, out
 
 @main.group("dev-stack")
 def dev_stack() -> None:
-    """A local cloud: Pub/Sub and GCS emulators and one functions-framework server per step, wired as deployed."""
+    """A local cloud: the Pub/Sub emulator, fake-gcs-server and one functions-framework server per step, wired as
+    deployed."""
 
 
 STACK_DIR = click.option("--dir", "folder", type=click.Path(file_okay=False, path_type=Path),
@@ -277,6 +279,22 @@ def dev_stack_down(folder: Path) -> None:
     except DevStackError as error:
         _fail(str(error))
     click.echo(f"dev stack in {folder.resolve()} is down ({len(stopped)} processes stopped)")
+
+
+@dev_stack.command("restart")
+@click.argument("name", type=click.Choice(["storage", *STEPS]))
+@click.option("--down-for", type=click.FloatRange(0, 600), default=0.0, show_default=True,
+              help="Seconds to keep it stopped, as an outage would.")
+@STACK_DIR
+def dev_stack_restart(name: str, down_for: float, folder: Path) -> None:
+    """Kill one process of the stack (a step's function server, or the storage stand-in) and start it again on
+    the same port, with the same environment and log: a crash, or an outage of DOWN_FOR seconds."""
+    from iml.devstack import DevStackError, restart
+
+    try:
+        restart(folder, name, down_for, say=click.echo)
+    except DevStackError as error:
+        _fail(str(error))
 
 
 @dev_stack.command("signup")

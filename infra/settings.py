@@ -52,6 +52,8 @@ class Settings:
     user_model_limit: int = 5
     user_limit_period: timedelta = timedelta(hours=24)
     watermark_strength: float = 0.08
+    claim_lease: timedelta = timedelta(seconds=600)  # no push request outlives Pub/Sub's 600 s ack deadline
+    claim_wait: timedelta = timedelta(seconds=30)
     kms: str = "local"
     cloud_kms_keys: tuple[str, str, str] | None = None  # wrap key, signing key version, fingerprint key version
     kms_endpoint: str | None = None
@@ -98,9 +100,11 @@ class Settings:
             model_max_age=timedelta(minutes=_int(env, "IML_MODEL_MAX_AGE_MINUTES", 60, 1, 10**6)),
             staging_max_age=timedelta(minutes=_int(env, "IML_STAGING_MAX_AGE_MINUTES", 60, 1, 10**6)),
             topic_prefix=env.get("IML_TOPIC_PREFIX", "iml-"),
-            user_model_limit=_int(env, "IML_USER_MODEL_LIMIT", 5, 1, 10**6),
+            user_model_limit=_int(env, "IML_USER_MODEL_LIMIT", 5, 1, 1000),
             user_limit_period=timedelta(hours=_int(env, "IML_USER_LIMIT_PERIOD_HOURS", 24, 1, 24 * 366)),
             watermark_strength=_float(env, "IML_WATERMARK_STRENGTH", 0.08, 0.0, 1.0),
+            claim_lease=timedelta(seconds=_int(env, "IML_CLAIM_LEASE_SECONDS", 600, 10, 3600)),
+            claim_wait=timedelta(seconds=_int(env, "IML_CLAIM_WAIT_SECONDS", 30, 0, 540)),
         )
 
 

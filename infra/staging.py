@@ -19,13 +19,15 @@ from infra.ports import BlobStore, Kms
 MAGIC = b"IMLSTG1\n"
 
 
-def put_staged(store: BlobStore, kms: Kms, name: str, plaintext: bytes) -> None:
+def put_staged(store: BlobStore, kms: Kms, name: str, plaintext: bytes) -> bool:
+    """Stage `plaintext` under `name` unless an object has that name already (an earlier delivery of the same
+    work staged it: that copy stands). True when this call staged it."""
     data_key = AESGCM.generate_key(bit_length=256)
     nonce = os.urandom(12)
     aad = name.encode()
     wrapped = kms.wrap(data_key, aad)
     ciphertext = AESGCM(data_key).encrypt(nonce, plaintext, aad)
-    store.put(name, MAGIC + struct.pack(">H", len(wrapped)) + wrapped + nonce + ciphertext)
+    return store.put(name, MAGIC + struct.pack(">H", len(wrapped)) + wrapped + nonce + ciphertext, if_absent=True)
 
 
 def get_staged(store: BlobStore, kms: Kms, name: str) -> bytes:

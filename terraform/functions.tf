@@ -62,7 +62,10 @@ resource "google_cloudfunctions2_function" "step" {
     ingress_settings                 = "ALLOW_INTERNAL_ONLY"
     all_traffic_on_latest_revision   = true
     service_account_email            = google_service_account.step[each.key].email
-    environment_variables            = local.function_environment
+    environment_variables = merge(local.function_environment, {
+      IML_CLAIM_LEASE_SECONDS = tostring(local.claim_lease_seconds[each.key])
+      IML_CLAIM_WAIT_SECONDS  = tostring(local.claim_wait_seconds[each.key])
+    })
   }
 
   depends_on = [google_project_iam_member.builder, google_storage_bucket_iam_member.builder_reads_sources]

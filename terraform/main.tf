@@ -49,4 +49,11 @@ locals {
     IML_KMS_SIGNING_KEY_VERSION     = "${local.crypto_key_ids["ledger"]}/cryptoKeyVersions/${var.signing_key_version}"
     IML_KMS_FINGERPRINT_KEY_VERSION = "${local.crypto_key_ids["fingerprint"]}/cryptoKeyVersions/${var.fingerprint_key_version}"
   }
+
+  # A delivery's claim on a model outlives the function's timeout, so its claimant is gone when another
+  # delivery takes the work over; a delivery that finds a live claim waits this long before it fails, to be
+  # retried (docs/delivery.md).
+  claim_lease_seconds           = { for step, f in var.functions : step => f.timeout_seconds + 30 }
+  claim_wait_seconds            = { for step, f in var.functions : step => min(30, floor(f.timeout_seconds / 2)) }
+  retry_minimum_backoff_seconds = 10
 }

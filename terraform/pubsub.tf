@@ -55,7 +55,7 @@ resource "google_pubsub_subscription" "push" {
   }
 
   retry_policy {
-    minimum_backoff = "10s"
+    minimum_backoff = "${local.retry_minimum_backoff_seconds}s"
     maximum_backoff = "600s"
   }
 
@@ -66,6 +66,16 @@ resource "google_pubsub_subscription" "push" {
 
   expiration_policy {
     ttl = "" # never expires for inactivity: a quiet week must not delete the pipeline's wiring
+  }
+
+  lifecycle {
+    # The redeliveries of a message whose claimant crashed must outlast its claim's lease, or the message is
+    # dead-lettered while its work waits to be taken over: each delivery that finds the claim waits, then
+    # Pub/Sub waits at least the minimum backoff before the next one.
+    precondition {
+      condition     = (var.max_delivery_attempts - 1) * (local.retry_minimum_backoff_seconds + local.claim_wait_seconds[each.key]) > local.claim_lease_seconds[each.key]
+      error_message = "max_delivery_attempts is too small for ${each.key}'s timeout: its redeliveries would give up before a crashed delivery's claim lapses (docs/delivery.md)."
+    }
   }
 }
 

@@ -7,24 +7,24 @@ locals {
     staging = {
       purpose = "KMS-enveloped artefacts between steps; each step deletes what it consumed"
       # the hourly expiry deletes leftovers after staging_max_age_minutes; this rule is the backstop
-      delete_after_days = 1
-      delete_prefixes   = null
+      delete_after = [{ days = 1, prefixes = null }]
     }
     delivery = {
-      purpose           = "models sealed to one device, downloaded through signed URLs"
-      delete_after_days = 1
-      delete_prefixes   = null
+      purpose      = "models sealed to one device, downloaded through signed URLs"
+      delete_after = [{ days = 1, prefixes = null }]
     }
     models = {
-      purpose           = "the shared base model generate fine-tunes from"
-      delete_after_days = null
-      delete_prefixes   = null
+      purpose      = "the shared base model generate fine-tunes from"
+      delete_after = []
     }
     state = {
-      purpose = "step markers (idempotency) and per-user markers (request limit, deletion)"
-      # a step marker outlives every redelivery once the messages it guards are gone
-      delete_after_days = ceil(var.message_retention_hours / 24) + 1
-      delete_prefixes   = ["done/"]
+      purpose = "the runner's claims, outboxes and step markers (exactly-once effects); per-user slots (request limit) and markers (deletion)"
+      delete_after = [
+        # a claim, an outbox or a step marker outlives every redelivery of the messages it guards
+        { days = ceil(var.message_retention_hours / 24) + 1, prefixes = ["claims/", "outbox/", "done/"] },
+        # a request-limit slot counts only within its period
+        { days = ceil(var.user_limit_period_hours / 24) + 1, prefixes = ["slots/"] },
+      ]
     }
   }
 }
@@ -56,14 +56,14 @@ resource "google_storage_bucket" "pipeline" {
   }
 
   dynamic "lifecycle_rule" {
-    for_each = each.value.delete_after_days == null ? [] : [each.value]
+    for_each = each.value.delete_after
     content {
       action {
         type = "Delete"
       }
       condition {
-        age            = lifecycle_rule.value.delete_after_days
-        matches_prefix = lifecycle_rule.value.delete_prefixes
+        age            = lifecycle_rule.value.days
+        matches_prefix = lifecycle_rule.value.prefixes
       }
     }
   }

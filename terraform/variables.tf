@@ -112,8 +112,8 @@ variable "user_model_limit" {
   default     = 5
 
   validation {
-    condition     = var.user_model_limit >= 1 && floor(var.user_model_limit) == var.user_model_limit
-    error_message = "user_model_limit must be a whole number of at least 1."
+    condition     = var.user_model_limit >= 1 && var.user_model_limit <= 1000 && floor(var.user_model_limit) == var.user_model_limit
+    error_message = "user_model_limit must be a whole number from 1 to 1000."
   }
 }
 
@@ -218,9 +218,9 @@ variable "message_retention_hours" {
 }
 
 variable "max_delivery_attempts" {
-  description = "Deliveries of one message to a function before Pub/Sub forwards it to the dead-letter topic."
+  description = "Deliveries of one message to a function before Pub/Sub forwards it to the dead-letter topic. Enough that the redeliveries of a crashed delivery's message outlast its claim (a precondition in pubsub.tf checks it against each function's timeout)."
   type        = number
-  default     = 5
+  default     = 16
 
   validation {
     condition     = var.max_delivery_attempts >= 5 && var.max_delivery_attempts <= 100 && floor(var.max_delivery_attempts) == var.max_delivery_attempts

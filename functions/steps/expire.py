@@ -27,16 +27,18 @@ def handle(tick: ExpireTick, ports: Ports) -> list:
 def _expire_area(ports: Ports, store: BlobStore, max_age: timedelta, kind: str, now: datetime) -> int:
     deleted = 0
     for info in list(store.list()):
-        if now - info.created < max_age or not store.delete(info.name):
+        if now - info.created < max_age:
             continue
         stage, model_id = names.stage_and_model(info.name)
+        # recorded first (create-once), then deleted: a retried or concurrent expiry records it once, and a
+        # delete whose first try landed unanswered cannot leave it unrecorded
         ports.ledger.append(
             f"{kind}-{stage}" if stage else kind,
             model_id,
             {"object": info.name, "created_at": info.created.isoformat(), "deleted_at": now.isoformat()},
             now,
         )
-        deleted += 1
+        deleted += store.delete(info.name)
     return deleted
 
 

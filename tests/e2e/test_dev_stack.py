@@ -1,9 +1,9 @@
-"""The pipeline as deployed, through real processes: the Pub/Sub emulator, the GCS emulator and five
+"""The pipeline as deployed, through real processes: the Pub/Sub emulator, fake-gcs-server and five
 functions-framework servers behind push subscriptions, all started by `iml dev-stack up`.
 
 Under CI=true a missing emulator fails the run; elsewhere these tests skip, saying how to install it.
-The stack runs with 1-minute TTLs (the expire test waits them out) and the test run's base model. Each test
-makes what it checks, so they pass in any order.
+The stack runs with 1-minute TTLs (the expire test waits them out), 20-second claim leases (the crash test
+waits one out) and the test run's base model. Each test makes what it checks, so they pass in any order.
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from infra.envelope import open_sealed_bytes
 from tests.helpers import make_signup, require, verify_model
 
 TTL_MINUTES = 1
+LEASE_SECONDS = 20
 
 
 class Inbox:
@@ -50,13 +51,19 @@ class Inbox:
     def ready_for(self, model_id: str) -> list[dict]:
         return [r for r in self.ready if r["model_id"] == model_id]
 
+    def settle(self, seconds: float = 5.0) -> None:
+        """Gather for a while more: a second copy of anything would arrive now."""
+        deadline = time.monotonic() + seconds
+        self.wait_until(lambda box: time.monotonic() > deadline, seconds=seconds + 60)
+
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, base_models_dir):
     require(shutil.which("gcloud") is not None and shutil.which("java") is not None,
             "the Pub/Sub emulator (gcloud, Java)", "install the Google Cloud CLI with its pubsub-emulator component")
     folder = tmp_path_factory.mktemp("dev-stack")
-    overrides = {"IML_MODEL_MAX_AGE_MINUTES": str(TTL_MINUTES), "IML_STAGING_MAX_AGE_MINUTES": str(TTL_MINUTES)}
+    overrides = {"IML_MODEL_MAX_AGE_MINUTES": str(TTL_MINUTES), "IML_STAGING_MAX_AGE_MINUTES": str(TTL_MINUTES),
+                 "IML_CLAIM_LEASE_SECONDS": str(LEASE_SECONDS), "IML_CLAIM_WAIT_SECONDS": "5"}
     started = devstack.up(folder, "iml-test", env_overrides=overrides, say=lambda line: None,
                           base_models=base_models_dir)
     try:
@@ -107,7 +114,7 @@ def test_three_users_get_their_models_through_signed_urls(stack, inbox, keys):
     for signup in signups:
         (ready,) = inbox.ready_for(signup.model_id)
         assert "X-Goog-Signature=" in ready["download_url"]
-        response = requests.get(ready["download_url"], timeout=30)  # from the GCS emulator, as a phone would
+        response = requests.get(ready["download_url"], timeout=30)  # from fake-gcs-server, as a phone would
         assert response.status_code == 200
         header, tflite = open_sealed_bytes(response.content, keys[signup.user_id],
                                            expected_user_id=signup.user_id, expected_model_id=signup.model_id)
@@ -118,18 +125,51 @@ def test_three_users_get_their_models_through_signed_urls(stack, inbox, keys):
         assert verdict.accused == [signup.user_id]
 
 
-def test_a_signup_published_twice_makes_one_model(stack, inbox, keys):
-    signup = _sign_up(stack, keys, "dave", "req-twice")
-    _sign_up(stack, keys, "dave", "req-twice")
-    inbox.wait_until(lambda box: box.ready_for(signup.model_id) and any(
-        d["error_type"] == "DuplicateRequest" for d in box.dead))
-    time.sleep(3)  # anything still on its way would show up now
-    inbox.wait_until(lambda box: True)
+def test_a_signup_published_three_times_at_once_makes_one_model_and_a_conflicting_one_is_refused(
+        stack, inbox, keys):
+    signup = _sign_up(stack, keys, "dave", "req-thrice")
+    for _ in range(2):
+        devstack.publish(stack, stack.settings().topics.signup, signup.to_dict())
+    inbox.wait_until(lambda box: box.ready_for(signup.model_id))
+    before = len(inbox.dead)
+    conflicting = make_signup("dave", "req-thrice")  # the same request id, another device key
+    devstack.publish(stack, stack.settings().topics.signup, conflicting.to_dict())
+    inbox.wait_until(lambda box: len(box.dead) > before)
+    inbox.settle()
 
     assert len(inbox.ready_for(signup.model_id)) == 1
+    assert [d["error_type"] for d in inbox.dead[before:]] == ["DuplicateRequest"]
+    assert inbox.dead[before]["message"]["device_public_key"] == conflicting.device_public_key
     issued = [b for b in _bucket(stack, "evidence").list_blobs(prefix=f"records/{signup.model_id}/")]
     assert [b.name for b in issued] == [f"records/{signup.model_id}/issued.json"]
     assert _bucket(stack, "delivery").blob(f"{signup.model_id}.iml").exists()
+
+
+def test_a_function_server_killed_mid_request_loses_nothing(stack, inbox, keys):
+    """`iml dev-stack restart watermark` kills the server while it works on a model (its claim in the state
+    bucket shows it); the message comes back, waits out the dead claimant's lease and is taken over."""
+    signups = [_sign_up(stack, keys, user) for user in ("kate", "liam")]
+    claims = _bucket(stack, "state")
+    deadline = time.monotonic() + 180
+    while not list(claims.list_blobs(prefix="claims/watermark/")):
+        assert time.monotonic() < deadline, "watermark never started on kate's or liam's model"
+        time.sleep(0.05)
+    devstack.restart(stack.folder, "watermark", say=lambda line: None)
+    inbox.wait_until(lambda box: all(box.ready_for(s.model_id) for s in signups), seconds=300)
+    inbox.settle()
+
+    for signup in signups:
+        assert len(inbox.ready_for(signup.model_id)) == 1
+        records = [b.name for b in _bucket(stack, "evidence").list_blobs(prefix=f"records/{signup.model_id}/")]
+        assert records == [f"records/{signup.model_id}/issued.json"]
+    epochs = {}
+    for blob in claims.list_blobs(prefix="claims/watermark/"):
+        model_id, _, epoch = blob.name.removeprefix("claims/watermark/").partition("/")
+        epochs.setdefault(model_id, []).append(epoch)
+    assert ["000000000", "000000001"] in epochs.values(), \
+        f"the killed delivery's claim (0) lapsed and another delivery took the work over (1): {epochs}"
+    assert not [b.name for b in _bucket(stack, "staging").list_blobs()
+                if any(s.model_id in b.name for s in signups)], "every input consumed once its output was out"
 
 
 def test_poison_events_are_dead_lettered_and_the_good_ones_around_them_complete(stack, inbox, keys):
@@ -149,6 +189,8 @@ def test_poison_events_are_dead_lettered_and_the_good_ones_around_them_complete(
     inbox.wait_until(lambda box: box.ready_for(first.model_id) and box.ready_for(last.model_id)
                      and len(box.dead) >= before + 3)
 
+    inbox.settle()
+    assert len(inbox.dead) == before + 3, "each poison message is dead-lettered once"
     reasons = {d["error_type"]: d["reason"] for d in inbox.dead[before:]}
     assert reasons["InvalidDeviceKey"] == "device_public_key is not a point on the P-256 curve"
     assert sorted(d["reason"] for d in inbox.dead[before:] if d["error_type"] == "InvalidEvent") == [
@@ -159,14 +201,13 @@ def test_poison_events_are_dead_lettered_and_the_good_ones_around_them_complete(
 def test_storage_down_mid_run_loses_nothing(stack, inbox, keys):
     signups = [_sign_up(stack, keys, user) for user in ("ivan", "judy")]
     time.sleep(1)
-    assert devstack.stop_process(stack.pids["storage"])  # Cloud Storage goes away while the steps run
+    assert devstack.stop_process(Stack.load(stack.folder).pids["storage"], crash=True)  # Cloud Storage goes away
     time.sleep(6)
     inbox.wait_until(lambda box: True)
     assert not any(inbox.ready_for(s.model_id) for s in signups), "the outage came too late to matter"
-    port = int(stack.storage.rsplit(":", 1)[1])
-    devstack.start_storage_emulator(stack, port)
-    stack.save()
-    inbox.wait_until(lambda box: all(box.ready_for(s.model_id) for s in signups))
+    devstack.restart(stack.folder, "storage", say=lambda line: None)  # on the same port, with the same objects
+    inbox.wait_until(lambda box: all(box.ready_for(s.model_id) for s in signups), seconds=300)
+    inbox.settle()
 
     for signup in signups:
         assert len(inbox.ready_for(signup.model_id)) == 1
@@ -263,3 +304,30 @@ def test_down_stops_every_process_it_started(tmp_path):
     assert subprocess.run(["pgrep", "-f", nap], capture_output=True).returncode == 1, "a child outlived `down`"
     with pytest.raises(devstack.DevStackError, match="no dev stack runs in"):
         devstack.down(folder)
+
+
+def test_down_counts_a_zombie_as_stopped(tmp_path):
+    """A stack process that exited but was not reaped by its parent (not us) is gone: `down` returns."""
+    import subprocess
+    import sys
+
+    parent = subprocess.Popen([sys.executable, "-c", (
+        "import os, sys, time\n"
+        "child = os.fork()\n"
+        "if child == 0:\n    os.setsid(); os._exit(0)\n"  # leads its own group, as stack processes do, and exits
+        "print(child, flush=True); time.sleep(600)")], stdout=subprocess.PIPE, text=True)
+    try:
+        zombie = int(parent.stdout.readline())
+        time.sleep(0.5)
+        folder = tmp_path / "stack"
+        (folder / "logs").mkdir(parents=True)
+        recorded = Stack(folder, "iml-test", pids={"pubsub": zombie})
+        recorded.save()
+        downed = subprocess.run([sys.executable, "-m", "iml", "dev-stack", "down", "--dir", str(folder)],
+                                capture_output=True, text=True, timeout=120)  # it hung here before
+        assert downed.returncode == 0, downed.stderr
+        assert "(1 processes stopped)" in downed.stdout
+        assert not (folder / "stack.json").exists()
+    finally:
+        parent.kill()
+        parent.wait()

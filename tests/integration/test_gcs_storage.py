@@ -1,6 +1,7 @@
-"""The Cloud Storage adapter through the real google-cloud-storage client against gcp-storage-emulator."""
+"""The Cloud Storage adapter through the real google-cloud-storage client against fake-gcs-server."""
 from __future__ import annotations
 
+import threading
 import uuid
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
@@ -60,6 +61,25 @@ def test_create_once_writes_have_one_winner(store):
     assert store.put("records/m-1/issued.json", b"first", if_absent=True)
     assert not store.put("records/m-1/issued.json", b"second", if_absent=True)
     assert store.get("records/m-1/issued.json") == b"first"
+
+
+def test_of_eight_simultaneous_create_once_writes_exactly_one_wins(store):
+    """The precondition decides, not a look before writing: what claims and request-limit slots rest on."""
+    start = threading.Barrier(8)
+    won = []
+
+    def write(number: int):
+        start.wait()
+        if store.put("claims/encrypt/m-1/000000000", f"writer {number}".encode(), if_absent=True):
+            won.append(number)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(won) == 1
+    assert store.get("claims/encrypt/m-1/000000000") == f"writer {won[0]}".encode()
 
 
 def test_a_signed_url_is_a_v4_get_that_downloads_the_object(store):

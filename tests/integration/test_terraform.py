@@ -15,6 +15,7 @@ from pathlib import Path
 import hcl2
 import pytest
 
+from functions import names
 from functions.chain import STEPS
 from functions.events import ExpireTick
 from iml.package import ARCHIVES
@@ -23,6 +24,7 @@ from tests.helpers import ROOT
 
 # Read where the embedded adapters or the emulators run, never given to a deployed function
 LOCAL_ONLY = ("IML_WORKDIR", "IML_URL_SIGNING_KEY_FILE", "IML_KMS_ENDPOINT")
+PER_STEP = ("IML_CLAIM_LEASE_SECONDS", "IML_CLAIM_WAIT_SECONDS")  # set per function, from its timeout
 TERRAFORM = ROOT / "terraform"
 IN_CI = os.environ.get("CI") == "true"
 
@@ -131,12 +133,47 @@ def test_staging_and_delivery_keep_no_backup_and_expire_by_lifecycle_as_a_backst
     assert pipeline["for_each"] == "${local.pipeline_buckets}"
     assert block(pipeline, "versioning")["enabled"] is False
     assert block(pipeline, "soft_delete_policy")["retention_duration_seconds"] == 0
-    rule = block(pipeline, "dynamic")["lifecycle_rule"]["content"][0]
+    rules = block(pipeline, "dynamic")["lifecycle_rule"]
+    assert rules["for_each"] == "${each.value.delete_after}"
+    rule = rules["content"][0]
     assert block(rule, "action")["type"] == "Delete"
-    assert block(rule, "condition")["age"] == "${lifecycle_rule.value.delete_after_days}"
+    assert block(rule, "condition") == {"age": "${lifecycle_rule.value.days}",
+                                        "matches_prefix": "${lifecycle_rule.value.prefixes}"}
     for role in ("staging", "delivery"):
-        assert roles[role]["delete_after_days"] == 1  # a day: longer than any TTL the variables allow
-        assert roles[role]["delete_prefixes"] is None
+        # a day: longer than any TTL the variables allow
+        assert roles[role]["delete_after"] == [{"days": 1, "prefixes": None}]
+    assert roles["models"]["delete_after"] == []
+
+
+def test_the_runners_records_outlive_every_redelivery_and_slots_their_period(tf):
+    """Every state object the runner and the request limit write is deleted by a lifecycle rule, never before
+    it can matter: claims, outboxes and step markers after the messages they guard, slots after their period."""
+    claims, slots = tf["locals"]["pipeline_buckets"]["state"]["delete_after"]
+    assert claims == {"days": "${ceil(var.message_retention_hours / 24) + 1}",
+                      "prefixes": ["claims/", "outbox/", "done/"]}
+    assert slots == {"days": "${ceil(var.user_limit_period_hours / 24) + 1}", "prefixes": ["slots/"]}
+    ruled = claims["prefixes"] + slots["prefixes"]
+    for name in (names.step_claim("encrypt", "m-1", 0), names.step_outbox("encrypt", "m-1"),
+                 names.step_done("encrypt", "m-1"), names.user_slot("alice", 20000, 0)):
+        assert any(name.startswith(prefix) for prefix in ruled), name
+
+
+def test_redeliveries_outlast_a_crashed_claim_for_every_function(tf):
+    """A message whose delivery crashed is redelivered until its claim lapses, not dead-lettered before: with
+    every backoff at its minimum, the attempts after the first span more than the lease (docs/delivery.md)."""
+    precondition = block(block(resources(tf, "google_pubsub_subscription")["push"], "lifecycle"), "precondition")
+    assert precondition["condition"] == (
+        "${(var.max_delivery_attempts - 1) * (local.retry_minimum_backoff_seconds + "
+        "local.claim_wait_seconds[each.key]) > local.claim_lease_seconds[each.key]}")
+    locals_ = tf["locals"]
+    assert locals_["claim_lease_seconds"] == "${{for step, f in var.functions : step => f.timeout_seconds + 30}}"
+    assert locals_["claim_wait_seconds"] == \
+        "${{for step, f in var.functions : step => min(30, floor(f.timeout_seconds / 2))}}"
+    attempts, backoff = tf["variable"]["max_delivery_attempts"]["default"], locals_["retry_minimum_backoff_seconds"]
+    for step, function in tf["variable"]["functions"]["default"].items():
+        lease, wait = function["timeout_seconds"] + 30, min(30, function["timeout_seconds"] // 2)
+        assert (attempts - 1) * (backoff + wait) > lease, step
+    assert Settings().claim_lease.total_seconds() >= 600 + 30 - 30  # locally: past any push request's 600 s
 
 
 def test_evidence_is_retained_and_its_lock_is_a_variable(tf):
@@ -227,7 +264,8 @@ def test_every_function_is_fed_by_a_push_subscription_with_retry_and_dead_letter
     assert block(config, "oidc_token") == {"service_account_email": "${google_service_account.push.email}",
                                            "audience": uri}
     retry = block(push, "retry_policy")
-    assert retry["minimum_backoff"] == "10s" and retry["maximum_backoff"] == "600s"
+    assert retry["minimum_backoff"] == "${local.retry_minimum_backoff_seconds}s"
+    assert retry["maximum_backoff"] == "600s"
     dead = block(push, "dead_letter_policy")
     assert dead["dead_letter_topic"] == '${google_pubsub_topic.iml["dead-letter"].id}'
     assert dead["max_delivery_attempts"] == "${var.max_delivery_attempts}"
@@ -261,7 +299,9 @@ def test_five_functions_from_the_two_archives_internal_only_each_its_own_account
     service = block(function, "service_config")
     assert service["ingress_settings"] == "ALLOW_INTERNAL_ONLY"
     assert service["service_account_email"] == "${google_service_account.step[each.key].email}"
-    assert service["environment_variables"] == "${local.function_environment}"
+    assert service["environment_variables"] == (
+        "${merge(local.function_environment, {IML_CLAIM_LEASE_SECONDS = tostring(local.claim_lease_seconds[each.key]), "
+        "IML_CLAIM_WAIT_SECONDS = tostring(local.claim_wait_seconds[each.key])})}")
     for setting in ("memory", "cpu", "timeout_seconds", "max_instances"):
         assert f"var.functions[each.key].{setting}" in json.dumps(service)
     accounts = resources(tf, "google_service_account")
@@ -274,10 +314,11 @@ def test_function_environment_is_exactly_what_the_deployed_code_reads(tf):
     for package in ("infra", "functions", "watermark"):
         for source in (ROOT / package).rglob("*.py"):
             read |= set(re.findall(r"\"(IML_[A-Z_]+)\"", source.read_text()))
-    environment = tf["locals"]["function_environment"]
+    environment = {*tf["locals"]["function_environment"], *PER_STEP}
     assert set(environment) - read == set(), "Terraform sets variables the code never reads"
     assert read - set(LOCAL_ONLY) - set(environment) == set(), "the code reads variables Terraform never sets"
-    assert environment["IML_BACKEND"] == "gcp" and environment["IML_KMS"] == "cloud"
+    assert tf["locals"]["function_environment"]["IML_BACKEND"] == "gcp"
+    assert tf["locals"]["function_environment"]["IML_KMS"] == "cloud"
     assert "IML_URL_SIGNING_KEY_FILE" not in environment  # URLs are signed through IAM signBlob, never a key file
 
 

@@ -59,6 +59,21 @@ def test_bytes_that_are_not_json_are_kept_in_the_dead_letter(ports):
     assert base64.b64decode(dead["message_base64"]) == b"\xff\xfe not json"
 
 
+@pytest.mark.parametrize("payload, reason", [
+    (b'{"schema_version": 1, "facts": {"accuracy_watermarked": 1e999}}', "is not valid JSON"),
+    (b'{"schema_version": NaN}', "is not valid JSON"),
+    (b"[" * 200_000 + b"]" * 200_000, "nests deeper than any event does"),
+])
+def test_numbers_json_has_not_and_nesting_no_event_has_are_dead_lettered(payload, reason, ports):
+    """What Python's parser would let through (a float that overflows to infinity, NaN) or choke on (deep
+    nesting) is refused at the edge, and the dead letter keeps the bytes."""
+    result = run_step(STEPS["encrypt"], payload, ports)
+    assert result.outcome is Outcome.DEAD_LETTERED
+    (dead,) = _dead_letters(ports)
+    assert dead["reason"] == f"invalid event: field '(event)': {reason}"
+    assert base64.b64decode(dead["message_base64"]) == payload
+
+
 def test_an_internal_event_pointing_at_nothing_is_dead_lettered(ports):
     event = model_step_event(make_signup("alice"), "watermarked/gone.tflite")
     result = run_step(STEPS["encrypt"], json.dumps(event).encode(), ports)

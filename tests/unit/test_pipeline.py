@@ -81,18 +81,23 @@ def test_poison_events_do_not_stop_the_other_users(trained_ports, trained_wired)
     assert open_sealed_bytes(ports.delivery.get(f"{_ready(ports)[0].model_id}.iml"), key)[1]
 
 
-def test_a_duplicate_signup_makes_no_second_model(trained_ports, trained_wired):
+def test_a_signup_sent_again_makes_no_second_model_and_a_different_one_is_a_duplicate_request(
+        trained_ports, trained_wired):
     ports = trained_ports
     key = _sign_up(ports, "alice", "req-7")
     ports.bus.drain()
-    _sign_up(ports, "alice", "req-7", key)
+    _sign_up(ports, "alice", "req-7", key)  # the same signup again: a retry, acknowledged without effect
+    _sign_up(ports, "alice", "req-7")  # the same (user, request) with another device key: a conflict
     ports.bus.drain()
 
+    assert [r.outcome for r in trained_wired[-2:]] == [Outcome.DUPLICATE, Outcome.DEAD_LETTERED]
     assert len(_ready(ports)) == 1
     assert len(list(ports.delivery.list())) == 1
     assert len(list(ports.ledger.entries("issued"))) == 1
     (reason,) = _dead_reasons(ports)
-    assert reason.startswith("duplicate request: request_id 'req-7' of user 'alice'")
+    assert reason.startswith("duplicate request: model m-")
+    assert "(request_id 'req-7' of user 'alice') was already made at step generate from a different message" \
+        in reason
 
 
 def test_a_redelivered_internal_message_is_acknowledged_once(trained_ports, trained_wired):
@@ -143,15 +148,15 @@ def test_a_user_over_the_request_limit_is_refused_and_nothing_made(trained_ports
     key = _sign_up(ports, "alice", "req-1")
     _sign_up(ports, "alice", "req-2", key)
     ports.bus.drain()
-    _sign_up(ports, "alice", "req-1", key)  # a redelivery: refused as a duplicate, not counted
+    _sign_up(ports, "alice", "req-1", key)  # a redelivery: acknowledged, not counted
     _sign_up(ports, "alice", "req-3", key)
     _sign_up(ports, "bob", "req-1")  # other users are not held back
     ports.bus.drain()
 
     assert sorted(r.user_id for r in _ready(ports)) == ["alice", "alice", "bob"]
     dead = list(ports.bus.journal(ports.settings.topics.dead_letter))
-    assert [d["error_type"] for d in dead] == ["DuplicateRequest", "RequestLimitExceeded"]
-    assert dead[1]["reason"].startswith("user 'alice' already has 2 models made in the last 24 h; the limit is 2")
+    assert [d["error_type"] for d in dead] == ["RequestLimitExceeded"]
+    assert dead[0]["reason"].startswith("user 'alice' already has 2 models made in this 24 h period; the limit is 2")
     assert len(list(ports.ledger.entries("issued"))) == 3
 
     clock.advance(timedelta(hours=25))  # the period has passed
