@@ -151,7 +151,7 @@ def test_a_function_server_killed_mid_request_loses_nothing(stack, inbox, keys):
     signups = [_sign_up(stack, keys, user) for user in ("kate", "liam")]
     claims = _bucket(stack, "state")
     deadline = time.monotonic() + 180
-    while not list(claims.list_blobs(prefix="claims/watermark/")):
+    while not any(list(claims.list_blobs(prefix=f"claims/watermark/{s.model_id}/")) for s in signups):
         assert time.monotonic() < deadline, "watermark never started on kate's or liam's model"
         time.sleep(0.05)
     devstack.restart(stack.folder, "watermark", say=lambda line: None)
