@@ -4,8 +4,8 @@ through the in-process pipeline in the same run.
     python bench/throughput.py [--signups 20]
 
 The local cloud is the deployed shape: the Pub/Sub emulator pushes each message to a functions-framework
-server per step (generate and watermark one request at a time, as deployed), objects go through the GCS
-emulator. Time runs from the first signup published to the last ready message pulled. The reference runs the
+server per step (generate and watermark one request at a time, as deployed), objects go through
+fake-gcs-server. Time runs from the first signup published to the last ready message pulled. The reference runs the
 same number of signups through the embedded adapters and the in-process bus (no HTTP, no emulators), so the
 difference is what the transport costs.
 """

@@ -420,11 +420,16 @@ def _write_url_signing_key(path: Path, project: str) -> None:
 # ---- talking to a running stack ----------------------------------------------------------------------------
 
 def publish(stack: Stack, topic: str, event: dict) -> None:
+    publish_raw(stack, topic, json.dumps(event).encode())
+
+
+def publish_raw(stack: Stack, topic: str, data: bytes) -> None:
+    """Any bytes as a message (poison, say)."""
     from google.cloud import pubsub_v1
 
     with talking_to(stack):
         publisher = pubsub_v1.PublisherClient()
-        publisher.publish(publisher.topic_path(stack.project, topic), json.dumps(event).encode()).result(30)
+        publisher.publish(publisher.topic_path(stack.project, topic), data).result(30)
 
 
 def pull(stack: Stack, topic: str, max_messages: int = 100, timeout: float = 5.0) -> list[dict]:

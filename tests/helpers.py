@@ -119,6 +119,29 @@ def admit_in_process(env: dict[str, str], user_id: str, model_id: str, start) ->
     return "admitted"
 
 
+def on_threads(function, calls: list[tuple]) -> list:
+    """`function(*call)` for every call, each on a thread of its own, all let go at the same moment; their
+    results (or the exceptions they raised), in the order of `calls`."""
+    import threading
+
+    start = threading.Barrier(len(calls))
+    results: list = [None] * len(calls)
+
+    def run(index: int, call: tuple) -> None:
+        start.wait()
+        try:
+            results[index] = function(*call)
+        except Exception as error:
+            results[index] = error
+
+    threads = [threading.Thread(target=run, args=(index, call)) for index, call in enumerate(calls)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return results
+
+
 def at_once(function, calls: list[tuple]) -> list:
     """`function(*call, barrier)` for every call, each in a process of its own, all let go at the same moment
     (spawned, so no TensorFlow state is forked)."""

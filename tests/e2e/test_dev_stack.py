@@ -173,17 +173,12 @@ def test_a_function_server_killed_mid_request_loses_nothing(stack, inbox, keys):
 
 
 def test_poison_events_are_dead_lettered_and_the_good_ones_around_them_complete(stack, inbox, keys):
-    from google.cloud import pubsub_v1
-
     topic = stack.settings().topics.signup
     first = _sign_up(stack, keys, "erin")
     bad_key = make_signup("frank").to_dict() | {"device_public_key": base64.b64encode(b"\x04" + b"\1" * 64).decode()}
     missing_field = {k: v for k, v in make_signup("grace").to_dict().items() if k != "user_id"}
-    with talking_to(stack):
-        publisher = pubsub_v1.PublisherClient()
-        path = publisher.topic_path(stack.project, topic)
-        for data in (json.dumps(bad_key).encode(), b"{not json", json.dumps(missing_field).encode()):
-            publisher.publish(path, data).result(30)
+    for data in (json.dumps(bad_key).encode(), b"{not json", json.dumps(missing_field).encode()):
+        devstack.publish_raw(stack, topic, data)
     last = _sign_up(stack, keys, "heidi")
     before = len(inbox.dead)
     inbox.wait_until(lambda box: box.ready_for(first.model_id) and box.ready_for(last.model_id)

@@ -1,7 +1,6 @@
 """The Cloud Storage adapter through the real google-cloud-storage client against fake-gcs-server."""
 from __future__ import annotations
 
-import threading
 import uuid
 from datetime import timedelta
 from urllib.parse import parse_qs, urlsplit
@@ -16,7 +15,7 @@ from google.oauth2 import service_account
 
 from infra.errors import ObjectMissing, TransientError
 from infra.gcs_storage import GcsBlobStore
-from tests.helpers import gcs_emulator
+from tests.helpers import gcs_emulator, on_threads
 
 
 @pytest.fixture(scope="module")
@@ -65,19 +64,11 @@ def test_create_once_writes_have_one_winner(store):
 
 def test_of_eight_simultaneous_create_once_writes_exactly_one_wins(store):
     """The precondition decides, not a look before writing: what claims and request-limit slots rest on."""
-    start = threading.Barrier(8)
-    won = []
+    def create(number: int) -> bool:
+        return store.put("claims/encrypt/m-1/000000000", f"writer {number}".encode(), if_absent=True)
 
-    def write(number: int):
-        start.wait()
-        if store.put("claims/encrypt/m-1/000000000", f"writer {number}".encode(), if_absent=True):
-            won.append(number)
-
-    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = on_threads(create, [(n,) for n in range(8)])
+    won = [n for n, result in enumerate(results) if result is True]
     assert len(won) == 1
     assert store.get("claims/encrypt/m-1/000000000") == f"writer {won[0]}".encode()
 

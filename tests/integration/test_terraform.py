@@ -173,7 +173,6 @@ def test_redeliveries_outlast_a_crashed_claim_for_every_function(tf):
     for step, function in tf["variable"]["functions"]["default"].items():
         lease, wait = function["timeout_seconds"] + 30, min(30, function["timeout_seconds"] // 2)
         assert (attempts - 1) * (backoff + wait) > lease, step
-    assert Settings().claim_lease.total_seconds() >= 600 + 30 - 30  # locally: past any push request's 600 s
 
 
 def test_evidence_is_retained_and_its_lock_is_a_variable(tf):

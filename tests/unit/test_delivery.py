@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +20,8 @@ from infra.bootstrap import Ports, local_ports
 from infra.errors import RequestLimitExceeded, TransientError
 from infra.ledger import Ledger
 from infra.settings import Settings
-from tests.helpers import admit_in_process, at_once, make_signup, run_step_in_process, watermarked_event
+from tests.helpers import (admit_in_process, at_once, make_signup, on_threads, run_step_in_process,
+                           watermarked_event)
 
 
 class Crash(BaseException):
@@ -209,22 +209,10 @@ def quick_wait(ports: Ports) -> Ports:
 
 def test_one_message_delivered_on_four_threads_at_once_is_done_once(quick_wait):
     ports = quick_wait
-    event = watermarked_event(make_signup("alice"), ports)
-    payload = json.dumps(event).encode()
-    start = threading.Barrier(4)
-    outcomes = []
+    payload = json.dumps(watermarked_event(make_signup("alice"), ports)).encode()
+    results = on_threads(run_step, [(STEPS["encrypt"], payload, ports)] * 4)
 
-    def deliver():
-        start.wait()
-        outcomes.append(run_step(STEPS["encrypt"], payload, ports).outcome)
-
-    threads = [threading.Thread(target=deliver) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    assert sorted(o.value for o in outcomes) == ["done", "duplicate", "duplicate", "duplicate"]
+    assert sorted(r.outcome.value for r in results) == ["done", "duplicate", "duplicate", "duplicate"]
     assert len(ports.bus.journal(ports.settings.topics.sealed)) == 1
     assert len(list(ports.ledger.entries("issued"))) == 1
     assert not list(ports.staging.list())
@@ -244,20 +232,9 @@ def test_one_message_delivered_by_four_processes_at_once_is_done_once(ports):
 def test_a_signup_delivered_three_times_at_once_trains_one_model(trained_ports):
     ports = replace(trained_ports, settings=replace(trained_ports.settings, claim_wait=timedelta(seconds=120)))
     payload = json.dumps(make_signup("alice").to_dict()).encode()
-    start = threading.Barrier(3)
-    outcomes = []
+    results = on_threads(run_step, [(STEPS["generate"], payload, ports)] * 3)
 
-    def deliver():
-        start.wait()
-        outcomes.append(run_step(STEPS["generate"], payload, ports).outcome)
-
-    threads = [threading.Thread(target=deliver) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-
-    assert sorted(o.value for o in outcomes) == ["done", "duplicate", "duplicate"]
+    assert sorted(r.outcome.value for r in results) == ["done", "duplicate", "duplicate"]
     assert len(ports.bus.journal(ports.settings.topics.generated)) == 1
     assert [info.name for info in ports.state.list(names.user_models("alice"))] == \
         [names.user_model("alice", make_signup("alice").model_id)]
@@ -265,22 +242,9 @@ def test_a_signup_delivered_three_times_at_once_trains_one_model(trained_ports):
 
 def test_n_plus_one_simultaneous_requests_under_a_limit_of_n_admit_n(ports):
     limited = replace(ports, settings=replace(ports.settings, user_model_limit=3))
-    start = threading.Barrier(4)
-    admitted, refused = [], []
-
-    def request(number: int):
-        start.wait()
-        try:
-            users.admit("alice", f"m-{number:032x}", limited)
-            admitted.append(number)
-        except RequestLimitExceeded:
-            refused.append(number)
-
-    threads = [threading.Thread(target=request, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    results = on_threads(users.admit, [("alice", f"m-{n:032x}", limited) for n in range(4)])
+    admitted = [n for n, result in enumerate(results) if result is None]
+    refused = [n for n, result in enumerate(results) if isinstance(result, RequestLimitExceeded)]
 
     assert len(admitted) == 3 and len(refused) == 1
     for number in admitted:  # a redelivery of an admitted request is admitted again, not counted
