@@ -11,6 +11,8 @@ import base64
 import json
 import re
 import shutil
+import subprocess
+import sys
 import time
 
 import pytest
@@ -147,14 +149,18 @@ def test_a_signup_published_three_times_at_once_makes_one_model_and_a_conflictin
 
 def test_a_function_server_killed_mid_request_loses_nothing(stack, inbox, keys):
     """`iml dev-stack restart watermark` kills the server while it works on a model (its claim in the state
-    bucket shows it); the message comes back, waits out the dead claimant's lease and is taken over."""
+    bucket shows it) and starts it again on its port; the message comes back, waits out the dead claimant's
+    lease and is taken over."""
     signups = [_sign_up(stack, keys, user) for user in ("kate", "liam")]
     claims = _bucket(stack, "state")
     deadline = time.monotonic() + 180
     while not any(list(claims.list_blobs(prefix=f"claims/watermark/{s.model_id}/")) for s in signups):
         assert time.monotonic() < deadline, "watermark never started on kate's or liam's model"
         time.sleep(0.05)
-    devstack.restart(stack.folder, "watermark", say=lambda line: None)
+    restarted = subprocess.run([sys.executable, "-m", "iml", "dev-stack", "restart", "watermark", "--dir",
+                                str(stack.folder)], capture_output=True, text=True, timeout=120)
+    assert restarted.returncode == 0, restarted.stderr
+    assert re.fullmatch(r"killed watermark \(pid \d+\)\nstarted watermark again \(pid \d+\)\n", restarted.stdout)
     inbox.wait_until(lambda box: all(box.ready_for(s.model_id) for s in signups), seconds=300)
     inbox.settle()
 
@@ -283,7 +289,6 @@ def _strings(value) -> list[str]:
 def test_down_stops_every_process_it_started(tmp_path):
     """`down` stops each process group `up` recorded (a process and its children) and forgets the stack."""
     import os
-    import subprocess
 
     folder = tmp_path / "stack"
     (folder / "logs").mkdir(parents=True)
@@ -303,9 +308,6 @@ def test_down_stops_every_process_it_started(tmp_path):
 
 def test_down_counts_a_zombie_as_stopped(tmp_path):
     """A stack process that exited but was not reaped by its parent (not us) is gone: `down` returns."""
-    import subprocess
-    import sys
-
     parent = subprocess.Popen([sys.executable, "-c", (
         "import os, sys, time\n"
         "child = os.fork()\n"
