@@ -104,8 +104,8 @@ def _run_once(step: Step, event, ports: Ports) -> Outcome:
         _give_back(claim, ports)
         done = progress.completed(state, step.name, event.model_id)
         if done is not None and done.input_sha256 == digest:
-            # a delivery that outlived its lease finished the work meanwhile (and consumed the input)
-            return Outcome.DUPLICATE
+            # a delivery that outlived its lease finished the work meanwhile
+            return _already_done(step, event, done, digest, ports)
         raise
     except (Exception, KeyboardInterrupt, SystemExit):  # not a process killed outright: its lease frees it
         _give_back(claim, ports)
@@ -195,15 +195,33 @@ def dead_letter(step: str, payload: bytes, reason: str, error_type: str, ports: 
 def _decode(payload: bytes) -> object:
     try:
         return _strict_json(payload)
+    except RecursionError:
+        raise InvalidEvent("(event)", f"nests deeper than {MAX_DEPTH} levels") from None
     except ValueError:
         raise InvalidEvent("(event)", "is not valid JSON") from None
-    except RecursionError:
-        raise InvalidEvent("(event)", "nests deeper than any event does") from None
+
+
+MAX_DEPTH = 16  # events nest three levels; a dead letter wraps them in one more
 
 
 def _strict_json(payload: bytes) -> object:
-    """JSON without what Python's parser lets through: NaN, Infinity and numbers that overflow to infinity."""
-    return json.loads(payload, parse_constant=_not_json, parse_float=_finite)
+    """JSON without what Python's parser lets through: NaN, Infinity, numbers that overflow to infinity and
+    strings that are not Unicode (lone surrogates), nested at most MAX_DEPTH levels (RecursionError beyond;
+    ValueError for the rest), so that every value parsed here serialises again (canonical_json, the bus)."""
+    value = json.loads(payload, parse_constant=_not_json, parse_float=_finite)
+    _check_depth(value)
+    canonical_json({"value": value})  # UnicodeEncodeError (a ValueError) for a lone surrogate
+    return value
+
+
+def _check_depth(value: object) -> None:
+    level = [value]
+    for _ in range(MAX_DEPTH):
+        level = [child for item in level if isinstance(item, (dict, list))
+                 for child in (item.values() if isinstance(item, dict) else item)]
+        if not level:
+            return
+    raise RecursionError("too deep")
 
 
 def _not_json(constant: str):

@@ -48,8 +48,14 @@ def _delete_user(user_id: str, ports: Ports, now: datetime) -> None:
     for info in ports.staging.list():
         leftovers.setdefault(names.stage_and_model(info.name)[1], []).append(info.name)
     for model_id in model_ids:
-        objects = [name for name in [names.delivered_model(model_id)] if ports.delivery.delete(name)]
-        objects += [name for name in leftovers.get(model_id, []) if ports.staging.delete(name)]
-        ports.ledger.append("user-deleted", model_id,
-                            {"user_id": user_id, "objects_deleted": objects, "deleted_at": now.isoformat()}, now)
+        objects = [(ports.delivery, names.delivered_model(model_id), "user-deleted")]
+        objects += [(ports.staging, name, f"user-deleted-{names.stage_and_model(name)[0]}")
+                    for name in leftovers.get(model_id, [])]
+        for store, name, kind in objects:
+            if not store.exists(name):
+                continue  # gone already (expired), or not made yet: whoever makes it finds the tombstone
+            # recorded first (create-once), then deleted, as in _expire_area
+            ports.ledger.append(kind, model_id, {"user_id": user_id, "objects_deleted": [name],
+                                                 "deleted_at": now.isoformat()}, now)
+            store.delete(name)
     log.info("user deleted", models=len(model_ids))

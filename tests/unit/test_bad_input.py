@@ -62,11 +62,13 @@ def test_bytes_that_are_not_json_are_kept_in_the_dead_letter(ports):
 @pytest.mark.parametrize("payload, reason", [
     (b'{"schema_version": 1, "facts": {"accuracy_watermarked": 1e999}}', "is not valid JSON"),
     (b'{"schema_version": NaN}', "is not valid JSON"),
-    (b"[" * 200_000 + b"]" * 200_000, "nests deeper than any event does"),
+    (b"[" * 200_000 + b"]" * 200_000, "nests deeper than 16 levels"),
+    (b'{"schema_version": 1, "a": ' + b"[" * 900 + b"]" * 900 + b"}", "nests deeper than 16 levels"),
+    (b'{"schema_version": 1, "request_id": "r", "user_id": "alice", "data_ref": "\\ud800"}', "is not valid JSON"),
 ])
 def test_numbers_json_has_not_and_nesting_no_event_has_are_dead_lettered(payload, reason, ports):
-    """What Python's parser would let through (a float that overflows to infinity, NaN) or choke on (deep
-    nesting) is refused at the edge, and the dead letter keeps the bytes."""
+    """What Python's parser would let through (a float that overflows to infinity, NaN, a lone surrogate) or
+    choke on (deep nesting) is refused at the edge, and the dead letter keeps the bytes."""
     result = run_step(STEPS["encrypt"], payload, ports)
     assert result.outcome is Outcome.DEAD_LETTERED
     (dead,) = _dead_letters(ports)
