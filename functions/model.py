@@ -14,7 +14,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from functions.userdata import CLASSES, FEATURES, Split, base_training_data, user_seed  # noqa: E402
+from functions.userdata import CLASSES, FEATURES, Split, base_training_data  # noqa: E402
 from infra.ports import BlobStore  # noqa: E402
 from watermark import base  # noqa: E402
 
@@ -54,8 +54,10 @@ def train(seed: int, epochs: int = 40) -> keras.Model:
     return model
 
 
-def fine_tune(base: keras.Model, data: Split, user_id: str, epochs: int = 15) -> keras.Model:
-    keras.utils.set_random_seed(user_seed(user_id, "fine-tune") % 2**31)
+def fine_tune(base: keras.Model, data: Split, seed: int, epochs: int = 15) -> keras.Model:
+    """The base model fine-tuned on `data`. Its randomness comes from `seed` alone: the pipeline's is secret
+    (functions/steps/generate.py), so nobody can rebuild a user's unmarked model from public inputs."""
+    keras.utils.set_random_seed(seed % 2**31)
     model = build()
     model.set_weights(base.get_weights())
     _compile(model, 1e-3)

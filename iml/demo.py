@@ -167,9 +167,11 @@ def _leak(phones, run: _Run, workdir: Path, ports) -> dict | None:
 def _never_issued(run: _Run, workdir: Path, ports) -> dict:
     """A model fine-tuned like any other but never watermarked or issued: it must accuse nobody."""
     from functions import model
+    from functions.steps.generate import fine_tune_seed
 
     base = model.load_or_train_base(ports.models)
-    tuned = model.fine_tune(base, userdata.for_user(NEVER_ISSUED_USER).train, NEVER_ISSUED_USER)
+    tuned = model.fine_tune(base, userdata.for_user(NEVER_ISSUED_USER).train,
+                            fine_tune_seed(ports.kms, NEVER_ISSUED_USER))
     path = workdir / "leak" / "never-issued.tflite"
     path.write_bytes(model.to_tflite(tuned))
     verdict = _timed_verify(run, path, ports)

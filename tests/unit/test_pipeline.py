@@ -204,3 +204,19 @@ def test_a_deleted_user_loses_every_model_at_once_and_gets_no_more(trained_ports
     # one that reaches encrypt after the deletion is never sealed
     encrypting = model_step_event(make_signup("alice", "req-4", key), "watermarked/m.tflite")
     assert run_step(STEPS["encrypt"], json.dumps(encrypting).encode(), ports).outcome is Outcome.DEAD_LETTERED
+
+
+def test_the_fine_tunes_randomness_is_a_secret_of_the_server(tmp_path):
+    """Not derived from the user id (public): without the server's key nobody can rebuild the unmarked model
+    and subtract it from a leak."""
+    from functions.steps.generate import fine_tune_seed
+    from infra.local_kms import LocalKms
+    from watermark.codeword import codeword_seed
+
+    ours, theirs = LocalKms(tmp_path / "ours.json"), LocalKms(tmp_path / "theirs.json")
+    model_id = make_signup("alice").model_id
+    assert fine_tune_seed(ours, model_id) == fine_tune_seed(LocalKms(tmp_path / "ours.json"), model_id)
+    assert fine_tune_seed(ours, model_id) != fine_tune_seed(theirs, model_id)
+    assert fine_tune_seed(ours, model_id) != fine_tune_seed(ours, make_signup("alice", "req-2").model_id)
+    assert fine_tune_seed(ours, model_id).to_bytes(8, "big") != \
+        codeword_seed(ours, model_id, ours.fingerprint_key_id)[:8]  # domain-separated from the codeword
