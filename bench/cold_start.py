@@ -36,7 +36,8 @@ SETUP = """
 import json, sys
 from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric import ec
-from functions import model
+from functions import base_model, recipes
+from iml import simulated
 from functions.chain import STEPS
 from functions.runner import run_step
 from iml.device import public_key_b64
@@ -45,12 +46,14 @@ from infra.settings import Settings
 from functions.events import Signup
 
 ports = local_ports(Settings(workdir=Path(sys.argv[1])))
-model.load_or_train_base(ports.models)
+base_model.publish(recipes.load("digits-mlp"), ports.models, "bench")
 inputs = {"expire": {"schema_version": 1, "reason": "cold start bench"}}
 chain = [name for name in STEPS if name != "expire"]  # the steps a signup goes through, in order
 for depth, step in enumerate(chain):  # user k runs the first k steps, so step k's input is waiting
     key = ec.generate_private_key(ec.SECP256R1())
-    event = Signup(request_id="bench", user_id=f"user-{depth}", device_public_key=public_key_b64(key)).to_dict()
+    user = f"user-{depth}"
+    event = Signup(request_id="bench", user_id=user, device_public_key=public_key_b64(key),
+                   data_ref=simulated.put_user_data(ports.user_data, "digits-mlp", user)).to_dict()
     for earlier in chain[:depth]:
         run_step(STEPS[earlier], json.dumps(event).encode(), ports)
         event = list(ports.bus.journal(STEPS[earlier].output_topics(ports.settings.topics)[0]))[-1]

@@ -1,12 +1,13 @@
 """Per-step time and peak memory of an `iml demo` run, with the physical references beside them.
 
-    python bench/pipeline.py [--users 5] [--workdir DIR]
+    python bench/pipeline.py [--recipe digits-mlp] [--users 5] [--workdir DIR]
 
 Peak memory is the process's resident set size (sampled every 5 ms from /proc/self/statm, Linux only)
 at its highest while a step ran. One-off costs (importing TensorFlow, training the base model) are measured
 first and apart, so the step rows show what each further user costs. References in the same run: raw
-AES-256-GCM over one model's bytes (the floor of encrypt) and a bare Keras fit of the same epochs (the
-floor of generate); and the fingerprint embedding alone, apart from the watermark step's TFLite export and
+AES-256-GCM over one model's bytes (the floor of encrypt) and a bare Keras fine-tune of the recipe's model
+from the published base, same data, epochs, batch size and optimiser, written here with Keras alone (the
+floor of generate; the last line gives generate's overhead over it); and the fingerprint embedding alone, apart from the watermark step's TFLite export and
 fidelity measurement.
 """
 from __future__ import annotations
@@ -57,6 +58,7 @@ def timed(fn):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=5)
+    parser.add_argument("--recipe", default="digits-mlp")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="iml-bench-"))
@@ -66,20 +68,22 @@ def main() -> None:
 
     _, s, e = timed(lambda: __import__("functions.model"))
     rows.append(("import tensorflow (functions.model)", 1, e - s, e - s, [(s, e)]))
-    from functions import model, userdata
+    from functions import base_model, recipes
+    from iml import simulated
     from iml.demo import Progress, run_demo
     from infra import logs
     from infra.local_storage import LocalBlobStore
 
+    recipe = recipes.load(args.recipe)
     store = LocalBlobStore(workdir / "buckets" / "models")
-    _, s, e = timed(lambda: model.load_or_train_base(store))
-    rows.append(("base model, trained once", 1, e - s, e - s, [(s, e)]))
+    (published, _), s, e = timed(lambda: base_model.publish(recipe, store, "bench"))
+    rows.append(("base model, trained and published once", 1, e - s, e - s, [(s, e)]))
 
     windows: dict[str, list[tuple[float, float]]] = defaultdict(list)
     logs.configure(open(os.devnull, "w"))
     hooks = Progress(on_advance=lambda stage, seconds: windows[stage].append(
         (time.perf_counter() - seconds, time.perf_counter())))
-    report = run_demo(args.users, workdir, hooks)
+    report = run_demo(args.users, workdir, hooks, recipe=recipe.name)
     for stage, spans in windows.items():
         durations = [end - start for start, end in spans]
         rows.append((stage, len(spans), sum(durations), statistics.mean(durations), spans))
@@ -95,18 +99,23 @@ def main() -> None:
                  (e - s) / repeats, [(s, e)]))
     from infra.settings import Settings
     from watermark.codeword import expand
-    from watermark.embed import codeword_length, embed
+    from watermark.embed import embed
 
-    base = model.load_or_train_base(store)
-    kernels = model.kernels(base)
+    carriers = [layer.kernel for layer in published.carriers]
     repeats = 100
-    _, s, e = timed(lambda: [embed(kernels, kernels, expand(os.urandom(32), codeword_length(kernels)),
+    _, s, e = timed(lambda: [embed(carriers, published, expand(os.urandom(32), published.codeword_length),
                                    Settings().watermark_strength)
                              for _ in range(repeats)])
     rows.append(("fingerprint embedding alone (codeword + add)", repeats, e - s, (e - s) / repeats, [(s, e)]))
-    data = userdata.for_user("bench-reference").train
-    _, s, e = timed(lambda: model.fine_tune(base, data, seed=1))
-    rows.append(("reference: bare Keras fine-tune, same epochs", 1, e - s, e - s, [(s, e)]))
+    base = base_model.load_model(recipe, store)
+    data = simulated.user_data(recipe.name, "user-001").train
+    references = []
+    for _ in range(3):
+        _, s, e = timed(lambda: bare_fine_tune(recipe, base, data))
+        references.append((s, e))
+    mean_reference = statistics.mean(e - s for s, e in references)
+    rows.append(("reference: bare Keras fine-tune, same epochs", len(references),
+                 sum(e - s for s, e in references), mean_reference, references))
     time.sleep(0.05)  # the sample after the last window
     sampler.running = False
 
@@ -117,10 +126,24 @@ def main() -> None:
         peak = max(sampler.peak(start, end) for start, end in spans)
         table.add_row(name, str(runs), f"{total:.3f}", f"{1000 * mean:.3f}", f"{peak / 2**20:.0f}")
     Console(width=110).print(table)
+    generate = statistics.mean(end - start for start, end in windows["generate"])
+    print(f"recipe {recipe.name}: generate {1000 * generate:.0f} ms per user against the bare fine-tune's "
+          f"{1000 * mean_reference:.0f} ms: overhead {100 * (generate / mean_reference - 1):+.1f}%")
     leak = report["leak"]
     print(f"leak traced to {leak['accused']} (z = {leak['score']:.1f}, log10 p = {leak['log10_p_value']:.1f}); "
           f"never-issued accused "
           f"{report['never_issued']['accused']}; expiry left {report['expiry']['remaining']} models")
+
+
+def bare_fine_tune(recipe, base, data):
+    """What a model owner would write with Keras alone: the reference generate is measured against."""
+    import keras
+
+    model = recipe.build()
+    model.set_weights(base.get_weights())
+    model.compile(keras.optimizers.Adam(recipe.learning_rate), "sparse_categorical_crossentropy")
+    model.fit(data.x, data.y, epochs=recipe.epochs, batch_size=recipe.batch_size, verbose=0)
+    return model
 
 
 if __name__ == "__main__":

@@ -28,13 +28,15 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from functions.events import Signup  # noqa: E402
-from iml import devstack  # noqa: E402
+from iml import devstack, simulated  # noqa: E402
 from iml.device import public_key_b64  # noqa: E402
 
 
 def signups(count: int, prefix: str) -> list[Signup]:
+    """Signups whose data the caller puts at <user_id>/data.npz (simulated.put_user_data)."""
     return [Signup(request_id="bench", user_id=f"{prefix}-{i:03d}",
-                   device_public_key=public_key_b64(ec.generate_private_key(ec.SECP256R1())))
+                   device_public_key=public_key_b64(ec.generate_private_key(ec.SECP256R1())),
+                   data_ref=f"{prefix}-{i:03d}/data.npz")
             for i in range(count)]
 
 
@@ -43,6 +45,9 @@ def through_local_cloud(count: int, folder: Path) -> tuple[float, list[float]]:
     try:
         topics = stack.settings().topics
         batch = signups(count, "cloud")
+        for signup in batch:
+            devstack.upload_user_data(stack, signup.user_id, "data.npz",
+                                      simulated.to_npz(simulated.digits_user(signup.user_id)))
         published = {}
         started = time.perf_counter()
         for signup in batch:
@@ -61,7 +66,7 @@ def through_local_cloud(count: int, folder: Path) -> tuple[float, list[float]]:
 
 
 def in_process(count: int, folder: Path) -> float:
-    from functions import model
+    from functions import base_model, recipes
     from functions.runner import subscribe_steps
     from infra import logs
     from infra.bootstrap import local_ports
@@ -69,10 +74,13 @@ def in_process(count: int, folder: Path) -> float:
 
     logs.configure(open(os.devnull, "w"))
     ports = local_ports(Settings(workdir=folder))
-    model.load_or_train_base(ports.models)
+    base_model.publish(recipes.load("digits-mlp"), ports.models, "bench")
     subscribe_steps(ports.bus, ports)
+    batch = signups(count, "local")
+    for signup in batch:
+        simulated.put_user_data(ports.user_data, "digits-mlp", signup.user_id)
     started = time.perf_counter()
-    for signup in signups(count, "local"):
+    for signup in batch:
         ports.bus.publish(ports.settings.topics.signup, signup.to_dict())
     ports.bus.drain()
     elapsed = time.perf_counter() - started

@@ -62,7 +62,8 @@ def issue(workdir: Path, crowd: int) -> bytes:
     """alice's and bob's models through the pipeline, plus `crowd` more issued records; alice's TFLite file."""
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from functions import model
+    from functions import base_model, recipes
+    from iml import simulated
     from functions.events import Ready, Signup
     from functions.runner import subscribe_steps
     from iml.device import public_key_b64
@@ -70,12 +71,13 @@ def issue(workdir: Path, crowd: int) -> bytes:
     from infra.local_storage import fetch_local_url
 
     ports = local_ports(Settings(workdir=workdir), MovableClock())
-    model.load_or_train_base(ports.models)
+    base_model.publish(recipes.load("digits-mlp"), ports.models, "bench")
     subscribe_steps(ports.bus, ports)
     keys = {user: ec.generate_private_key(ec.SECP256R1()) for user in (SOURCE, "bob")}
     for user, key in keys.items():
         ports.bus.publish(ports.settings.topics.signup,
-                          Signup(request_id="r1", user_id=user, device_public_key=public_key_b64(key)).to_dict())
+                          Signup(request_id="r1", user_id=user, device_public_key=public_key_b64(key),
+                                 data_ref=simulated.put_user_data(ports.user_data, "digits-mlp", user)).to_dict())
     ports.bus.drain()
     ready = next(Ready.parse(m) for m in ports.bus.journal(ports.settings.topics.ready)
                  if m["user_id"] == SOURCE)

@@ -112,6 +112,7 @@ class ModelEvent(_CarriesDeviceKey):
     model_id: str
     device_public_key: str
     base_model_version: str
+    recipe: str
     artifact: str
     facts: dict = field(default_factory=dict)
     device_key: DevicePublicKey = field(init=False, repr=False, compare=False)

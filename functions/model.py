@@ -1,5 +1,6 @@
-"""The per-user model: a small Keras MLP on 8x8 digits, trained once as a base, fine-tuned per user,
-exported to TFLite for the phone. The one module besides the TensorFlow steps that imports TensorFlow.
+"""Keras for the recipes and the TensorFlow steps: training a base model, fine-tuning it, measuring it,
+reading and writing the kernels that carry the fingerprint, and the file formats. A recipe is passed in;
+nothing here knows a particular model.
 """
 from __future__ import annotations
 
@@ -7,79 +8,69 @@ import contextlib
 import io
 import os
 import tempfile
+import zipfile
 
 import numpy as np
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from functions.userdata import CLASSES, FEATURES, Split, base_training_data  # noqa: E402
-from infra.ports import BlobStore  # noqa: E402
-from watermark import base  # noqa: E402
-
-BASE_MODEL_VERSION = "digits-mlp-v1"
-HIDDEN_UNITS = (128, 32)
+# the layers whose kernels the published base lists, and their kind there
+WEIGHT_LAYERS = {keras.layers.Dense: "dense", keras.layers.Conv1D: "conv1d", keras.layers.Conv2D: "conv2d",
+                 keras.layers.DepthwiseConv2D: "depthwise_conv2d"}
 
 
-def build(hidden_units: tuple[int, ...] = HIDDEN_UNITS) -> keras.Model:
-    layers = [keras.Input((FEATURES,))]
-    layers += [keras.layers.Dense(units, activation="relu") for units in hidden_units]
-    layers.append(keras.layers.Dense(CLASSES, activation="softmax"))
-    return keras.Sequential(layers)
+def _compile(model: keras.Model, optimizer) -> None:
+    model.compile(optimizer, "sparse_categorical_crossentropy", metrics=["accuracy"])
 
 
-def _compile(model: keras.Model, learning_rate: float) -> None:
-    model.compile(keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy", metrics=["accuracy"])
-
-
-def load_or_train_base(store: BlobStore) -> keras.Model:
-    """The shared base model, trained on first use and cached in the models store."""
-    key = base.model_key(BASE_MODEL_VERSION)
-    if not store.exists(key):
-        model = train(seed=0)
-        # kernels first: a reader that finds the model finds its kernels too
-        store.put(base.kernels_key(BASE_MODEL_VERSION), base.kernels_to_bytes(kernels(model)), if_absent=True)
-        store.put(key, to_keras_bytes(model), if_absent=True)
-    return from_keras_bytes(store.get(key))
-
-
-def train(seed: int, epochs: int = 40) -> keras.Model:
-    """A model trained from scratch on the base training data (the base model is seed 0)."""
-    keras.utils.set_random_seed(seed)
-    model = build()
-    _compile(model, 1e-3)
-    data = base_training_data()
-    model.fit(data.x, data.y, epochs=epochs, batch_size=32, verbose=0)
+def train_base(recipe, seed: int | None = None, epochs: int | None = None) -> keras.Model:
+    """A base model trained from scratch on the recipe's base training data."""
+    keras.utils.set_random_seed(recipe.base_seed if seed is None else seed)
+    model = recipe.build()
+    _compile(model, keras.optimizers.Adam(1e-3))
+    data = recipe.base_training_data()
+    model.fit(data.x, data.y, epochs=recipe.base_epochs if epochs is None else epochs, batch_size=32, verbose=0)
     return model
 
 
-def fine_tune(base: keras.Model, data: Split, seed: int, epochs: int = 15) -> keras.Model:
-    """The base model fine-tuned on `data`. Its randomness comes from `seed` alone: the pipeline's is secret
-    (functions/steps/generate.py), so nobody can rebuild a user's unmarked model from public inputs."""
+def fine_tune(recipe, base: keras.Model, data, seed: int) -> keras.Model:
+    """`base` fine-tuned on `data` as the recipe says (epochs, optimiser, which layers train). Its randomness
+    comes from `seed` alone: the pipeline's is secret (functions/steps/generate.py), so nobody can rebuild a
+    user's unmarked model from public inputs."""
     keras.utils.set_random_seed(seed % 2**31)
-    model = build()
+    model = recipe.build()
     model.set_weights(base.get_weights())
-    _compile(model, 1e-3)
-    model.fit(data.x, data.y, epochs=epochs, batch_size=32, verbose=0)
+    if recipe.trainable_layers is not None:
+        for layer in model.layers:
+            layer.trainable = layer.name in recipe.trainable_layers
+    _compile(model, recipe.optimizer())
+    model.fit(data.x, data.y, epochs=recipe.epochs, batch_size=recipe.batch_size, verbose=0)
     return model
 
 
-def accuracy(model: keras.Model, data: Split) -> float:
+def accuracy(model: keras.Model, data) -> float:
     # a direct call: predict() retraces its tf.function per model, and these batches are small
-    predictions = model(data.x, training=False).numpy()
+    predictions = np.concatenate([model(data.x[i:i + 1024], training=False).numpy()
+                                  for i in range(0, len(data.y), 1024)])
     return float(np.mean(np.argmax(predictions, axis=1) == data.y))
 
 
-def kernels(model: keras.Model) -> list[np.ndarray]:
-    """The Dense layers' kernels, input to output: the weights the fingerprint lives in."""
-    return [layer.kernel.numpy() for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+def weight_layers(model: keras.Model) -> list[tuple[str, str, np.ndarray]]:
+    """(name, kind, kernel) of every layer with a kernel, input to output, kernels in Keras orientation."""
+    found = []
+    for layer in model.layers:
+        kind = next((kind for cls, kind in WEIGHT_LAYERS.items() if type(layer) is cls), None)
+        if kind is not None:
+            found.append((layer.name, kind, layer.kernel.numpy()))
+    return found
 
 
-def set_kernels(model: keras.Model, new_kernels: list[np.ndarray]) -> None:
-    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
-    for layer, kernel in zip(dense, new_kernels, strict=True):
-        layer.kernel.assign(kernel)
+def set_kernels(model: keras.Model, kernels: dict[str, np.ndarray]) -> None:
+    """Replace the kernels of the named layers."""
+    for name, kernel in kernels.items():
+        model.get_layer(name).kernel.assign(kernel)
 
 
 def to_keras_bytes(model: keras.Model) -> bytes:
@@ -98,9 +89,29 @@ def from_keras_bytes(data: bytes) -> keras.Model:
         return keras.models.load_model(path, compile=False)
 
 
+def pack_tuned(keras_model: keras.Model, held_out_x: np.ndarray, held_out_y: np.ndarray) -> bytes:
+    """What generate stages for the watermark step: the fine-tuned model and the user's held-out data (which
+    the watermark step measures the fingerprint's cost on, so that only generate reads the user-data bucket)."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("model.keras", to_keras_bytes(keras_model))
+        for name, array in (("held_out_x.npy", held_out_x), ("held_out_y.npy", held_out_y)):
+            member = io.BytesIO()
+            np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+            archive.writestr(name, member.getvalue())
+    return buffer.getvalue()
+
+
+def unpack_tuned(raw: bytes) -> tuple[keras.Model, np.ndarray, np.ndarray]:
+    """(model, held-out x, held-out y) as pack_tuned staged them."""
+    with zipfile.ZipFile(io.BytesIO(raw)) as archive:
+        arrays = [np.lib.format.read_array(io.BytesIO(archive.read(name)), allow_pickle=False)
+                  for name in ("held_out_x.npy", "held_out_y.npy")]
+        return from_keras_bytes(archive.read("model.keras")), arrays[0], arrays[1]
+
+
 def to_tflite(model: keras.Model) -> bytes:
     converter = tf.lite.TFLiteConverter.from_keras_model(model)
     # the converter prints its temporary SavedModel's signature on stdout: noise, and stdout is for --json
     with contextlib.redirect_stdout(io.StringIO()):
         return converter.convert()
-

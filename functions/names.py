@@ -1,6 +1,7 @@
 """Every object name and state key the pipeline writes: built here, parsed back here, nowhere else.
 
-    staging bucket    generated/<model_id>.keras        a fine-tuned model on its way to the watermark
+    staging bucket    generated/<model_id>.zip          a fine-tuned model and the user's held-out data, on
+                                                        their way to the watermark
                       watermarked/<model_id>.tflite     a fingerprinted export on its way to encrypt
     delivery bucket   <model_id>.iml                    the sealed model a device downloads
     state bucket      claims/<step>/<model_id>/<epoch>  a delivery works on a model at a step (functions/progress.py)
@@ -9,6 +10,7 @@
                       users/<user_id>/models/<model_id> a model admitted for a user (deletion)
                       slots/<user_id>/<period>/<slot>   the request limit's slots: one per model admitted in a period
                       users/<user_id>/deleted           the tombstone a user's deletion leaves
+    user-data bucket  <user_id>/...                     the user's data, written by the app backend (data_ref)
 
 The base model's objects are watermark.base's; the ledger's records are infra.ledger's.
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 
 def generated_model(model_id: str) -> str:
-    return f"generated/{model_id}.keras"
+    return f"generated/{model_id}.zip"
 
 
 def watermarked_model(model_id: str) -> str:
@@ -75,3 +77,8 @@ def user_model(user_id: str, model_id: str) -> str:
 
 def user_deleted(user_id: str) -> str:
     return f"users/{user_id}/deleted"
+
+
+def user_data_folder(user_id: str) -> str:
+    """Where the app backend keeps a user's data; a signup's data_ref names an object under it."""
+    return f"{user_id}/"

@@ -1,89 +1,50 @@
-"""Each simulated user's own data: scikit-learn's bundled handwritten digits, in that user's "handwriting".
+"""A user's own data: where a signup's `data_ref` may point, and reading it for the recipe.
 
-The digits ship inside scikit-learn (no download). A user's handwriting is a deterministic function of the
-user id: a small rotation, shear, scale and shift of every 8x8 image, a stroke weight and sensor noise. The
-data set is split once: the base model learns from one part; users fine-tune on their variation of that
-part and are evaluated on their variation of the other part, which no model ever trains on.
+`data_ref` names an object in the user-data bucket (IML_USER_DATA_BUCKET; embedded: WORKDIR/buckets/user-data),
+as a plain object name or as gs://BUCKET/NAME of that bucket, under the user's own folder `<user_id>/`: the
+app backend writes a user's data there, a signup cannot read another user's, and a user's deletion deletes
+the folder. Refusals are InvalidUserData naming the rule broken, never quoting the reference or the data.
 """
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
-from functools import lru_cache
+import re
 
-import numpy as np
+from functions import names
+from functions.recipes import InvalidUserData, Recipe, UserData
+from infra.bootstrap import Ports
+from infra.errors import ObjectMissing
 
-FEATURES = 64
-CLASSES = 10
-USER_TRAIN_SAMPLES = 500
-
-
-@dataclass(frozen=True)
-class Split:
-    x: np.ndarray  # float32, shape (n, 64), values in [0, 1]
-    y: np.ndarray  # int64 labels 0..9
+_OBJECT_NAME = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$")
 
 
-@dataclass(frozen=True)
-class UserData:
-    train: Split
-    held_out: Split
+def object_name(data_ref: str, user_id: str, bucket: str | None) -> str:
+    """The object `data_ref` names, when it may be read for `user_id`."""
+    name = data_ref
+    if data_ref.startswith("gs://"):
+        named_bucket, _, name = data_ref[len("gs://"):].partition("/")
+        if bucket is None or named_bucket != bucket:
+            raise InvalidUserData("data_ref points outside the user-data bucket")
+    if not _OBJECT_NAME.fullmatch(name) or len(name) > 1024:
+        raise InvalidUserData("data_ref is not a plain object name (letters, digits, . _ - and /; no '..', no "
+                              "leading '/' or '.')")
+    if not name.startswith(names.user_data_folder(user_id)):
+        raise InvalidUserData("data_ref must name an object in the user's own folder (<user_id>/...)")
+    return name
 
 
-@lru_cache(maxsize=1)
-def _digits() -> tuple[Split, Split]:
-    from sklearn.datasets import load_digits
-
-    x, y = load_digits(return_X_y=True)
-    order = np.random.default_rng(0).permutation(len(y))
-    x = (x[order] / 16.0).astype(np.float32)
-    y = y[order].astype(np.int64)
-    cut = int(0.6 * len(y))
-    return Split(x[:cut], y[:cut]), Split(x[cut:], y[cut:])
-
-
-def base_training_data() -> Split:
-    return _digits()[0]
-
-
-def user_seed(user_id: str, purpose: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{purpose}\0{user_id}".encode()).digest()[:8], "big")
-
-
-def for_user(user_id: str) -> UserData:
-    train_pool, test_pool = _digits()
-    rng = np.random.default_rng(user_seed(user_id, "handwriting"))
-    style = _Handwriting.draw(rng)
-    pick = rng.choice(len(train_pool.y), size=USER_TRAIN_SAMPLES, replace=False)
-    return UserData(
-        train=Split(style.apply(train_pool.x[pick], rng), train_pool.y[pick]),
-        held_out=Split(style.apply(test_pool.x, rng), test_pool.y),
-    )
-
-
-@dataclass(frozen=True)
-class _Handwriting:
-    matrix: np.ndarray
-    offset: np.ndarray
-    stroke: float
-    noise: float
-
-    @classmethod
-    def draw(cls, rng: np.random.Generator) -> "_Handwriting":
-        angle = np.deg2rad(rng.uniform(-15, 15))
-        shear = rng.uniform(-0.25, 0.25)
-        scale = rng.uniform(0.85, 1.15, size=2)
-        rotate = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
-        matrix = rotate @ np.array([[1.0, shear], [0.0, 1.0]]) @ np.diag(1.0 / scale)
-        centre = np.array([3.5, 3.5])
-        shift = rng.uniform(-0.6, 0.6, size=2)
-        return cls(matrix, centre - matrix @ centre + shift, float(rng.uniform(0.6, 1.6)), 0.04)
-
-    def apply(self, x: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        from scipy.ndimage import affine_transform
-
-        images = x.reshape(-1, 8, 8)
-        warped = np.stack([affine_transform(img, self.matrix, self.offset, order=1, mode="constant") for img in images])
-        styled = np.clip(warped, 0.0, 1.0) ** self.stroke
-        styled = styled + rng.normal(0.0, self.noise, size=styled.shape)
-        return np.clip(styled, 0.0, 1.0).reshape(-1, FEATURES).astype(np.float32)
+def read(ports: Ports, recipe: Recipe, user_id: str, data_ref: str | None) -> UserData:
+    """The user's data, checked against the recipe; InvalidUserData naming the problem."""
+    if data_ref is None:
+        raise InvalidUserData(f"the signup has no data_ref: recipe {recipe.name!r} fine-tunes on the user's data")
+    name = object_name(data_ref, user_id, (ports.settings.buckets or {}).get("user-data"))
+    found = [info for info in ports.user_data.list(name) if info.name == name]
+    if not found:
+        raise InvalidUserData("data_ref names no object in the user-data bucket")
+    if found[0].size > recipe.max_data_bytes:  # refused before it is downloaded
+        raise InvalidUserData(f"the data object holds {found[0].size} bytes, more than recipe {recipe.name!r} takes "
+                              f"({recipe.max_data_bytes})")
+    try:
+        raw = ports.user_data.get(name)
+    except ObjectMissing:
+        raise InvalidUserData("data_ref names no object in the user-data bucket") from None
+    return recipe.read_user_data(raw)

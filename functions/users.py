@@ -62,3 +62,9 @@ def mark_deleted(user_id: str, ports: Ports) -> list[str]:
     ports.state.put(names.user_deleted(user_id), ports.clock().isoformat().encode(), if_absent=True)
     prefix = names.user_models(user_id)
     return [info.name[len(prefix):] for info in ports.state.list(prefix)]
+
+
+def delete_data(user_id: str, ports: Ports) -> int:
+    """Delete every object in the user's data folder; how many were deleted."""
+    folder = names.user_data_folder(user_id)
+    return sum(ports.user_data.delete(info.name) for info in list(ports.user_data.list(folder)))

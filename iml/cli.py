@@ -52,13 +52,25 @@ def main() -> None:
     """Individual ML models: generated, fingerprinted, sealed to a device, expired; and traced when leaked."""
 
 
+RECIPE_OPTION = click.option("--recipe", default=None, metavar="NAME",
+                             help="The recipe (`iml recipes` lists them; default: IML_RECIPE, else digits-mlp).")
+
+
 @main.command()
 @click.option("--users", type=click.IntRange(1, 100), default=3, show_default=True, help="Simulated users.")
+@click.option("--user-data", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="A folder of DIR/<user_id>.npz files (x, y, optional x_eval, y_eval): one user each, instead "
+                   "of simulated users.")
+@RECIPE_OPTION
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-run"),
-              show_default=True, help="Folder for buckets, keys, ledger, devices (reused: the base model is cached).")
+              show_default=True, help="Folder for buckets, keys, ledger, devices (reused: the base model is kept).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of tables.")
-def demo(users: int, workdir: Path, as_json: bool) -> None:
-    """Run the whole pipeline for N simulated users on embedded defaults (no cloud, no network)."""
+def demo(users: int, user_data: Path | None, recipe: str | None, workdir: Path, as_json: bool) -> None:
+    """Run the whole pipeline for N simulated users (or the users of --user-data) on embedded defaults: no cloud,
+    no network. The recipe's base model is published first if the workdir has none."""
+    from functions.recipes import RecipeError, RecipeNotInstalled
+    from iml.demo import DemoError
+    from infra.errors import PermanentError
     from iml.demo import Progress as DemoProgress
     from iml.demo import run_demo
     from infra import logs
@@ -79,12 +91,103 @@ def demo(users: int, workdir: Path, as_json: bool) -> None:
         on_stage=lambda stage, total: tasks.setdefault(stage, bars.add_task(stage, total=total, start=False)),
         on_advance=advance,
     )
-    with log_file, bars, _stdout_to_stderr(as_json):
-        report = run_demo(users, workdir, hooks)
+    try:
+        with log_file, bars, _quiet_tensorflow(_tensorflow_log(workdir)), _stdout_to_stderr(as_json):
+            report = run_demo(users, workdir, hooks, recipe=recipe or os.environ.get("IML_RECIPE"),
+                              user_data=user_data)
+    except (DemoError, RecipeNotInstalled, RecipeError, PermanentError) as error:
+        _fail(str(error))
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
         _print_demo(report)
+
+
+@main.command("recipes")
+def recipes_command() -> None:
+    """List the installed recipes (entry point group iml.recipes), and what each makes."""
+    from functions import recipes
+
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("recipe", "base version", "input", "classes", "fingerprint layers", "from", "summary"):
+        table.add_column(column)
+    for name, where in recipes.installed().items():
+        try:
+            recipe = recipes.load(name)
+        except Exception as error:  # a model owner's package that fails to import is listed, not fatal
+            table.add_row(_plain(name), "-", "-", "-", "-", _plain(where), f"cannot be loaded: {_plain(str(error))}")
+            continue
+        table.add_row(name, recipe.base_version, "x".join(map(str, recipe.input_shape)), str(recipe.classes),
+                      ", ".join(recipe.fingerprint_layers), where, recipe.summary)
+    _wide_console().print(table)
+
+
+@main.group("base")
+def base_group() -> None:
+    """The recipes' base models: published once, before the first signup; generate never trains one."""
+
+
+@base_group.command("publish")
+@RECIPE_OPTION
+@click.option("--model", "model_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A trained .keras file to publish; without it, the recipe's base model is trained here.")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Publish into a local pipeline's models folder (DIR/buckets/models).")
+@click.option("--bucket", default=None, metavar="gs://BUCKET", help="Publish into a Cloud Storage models bucket.")
+def base_publish(recipe: str | None, model_file: Path | None, workdir: Path | None, bucket: str | None) -> None:
+    """Publish the recipe's base model version with what the watermark step and the verifier need (weights,
+    layer structure, carrier positions, probe inputs). Publishing a version again is a no-op; another model
+    under a published version is refused."""
+    import tempfile
+    from datetime import datetime, timezone
+
+    from functions.recipes import RecipeError, RecipeNotInstalled, load
+    from infra.errors import PermanentError
+
+    if (workdir is None) == (bucket is None):
+        _fail("give either --workdir DIR or --bucket gs://BUCKET")
+    if bucket is not None and not (bucket.startswith("gs://") and bucket[5:].strip("/")):
+        _fail("--bucket takes gs://BUCKET")
+    name = recipe or os.environ.get("IML_RECIPE", "digits-mlp")
+    log_dir = workdir.resolve() if workdir else Path(tempfile.gettempdir()) / "iml"
+    try:
+        chosen = load(name)
+        store = _models_store(workdir, bucket)
+        with _quiet_tensorflow(_tensorflow_log(log_dir)), err.status(f"publishing base {chosen.base_version}") as status:
+            from functions import base_model
+
+            published, written = base_model.publish(
+                chosen, store, datetime.now(timezone.utc).isoformat(),
+                model_file.read_bytes() if model_file else None,
+                on_step=lambda step: status.update(f"{chosen.base_version}: {STEP_WORDS[step]}"))
+    except (RecipeNotInstalled, RecipeError, PermanentError) as error:
+        _fail(str(error))
+    where = bucket or str(workdir.resolve() / "buckets" / "models")
+    carriers = ", ".join(layer.name for layer in published.carriers)
+    click.echo(f"base {published.version} of recipe {published.recipe} "
+               f"{'published' if written else 'was published already'} in {where}: {len(published.layers)} weight "
+               f"layers, fingerprint on {carriers} ({published.codeword_length} positions)")
+
+
+STEP_WORDS = {"train": "training the base model", "check": "checking the model against the recipe",
+              "upload": "uploading"}
+
+
+def _models_store(workdir: Path | None, bucket: str | None):
+    if workdir is not None:
+        from infra.local_storage import LocalBlobStore
+
+        return LocalBlobStore(workdir.resolve() / "buckets" / "models")
+    from google.cloud import storage
+
+    from infra.gcs_storage import GcsBlobStore
+
+    return GcsBlobStore(storage.Client(), bucket[len("gs://"):].strip("/"))
+
+
+def _tensorflow_log(folder: Path) -> Path:
+    (folder / "logs").mkdir(parents=True, exist_ok=True)
+    return folder / "logs" / "tensorflow.log"
 
 
 @main.command("verify")
@@ -257,13 +360,18 @@ STACK_DIR = click.option("--dir", "folder", type=click.Path(file_okay=False, pat
 @click.option("--base-models", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Upload the base model from this folder (a models bucket's, such as DEMO_WORKDIR/buckets/models) "
                    "instead of training it (about a minute).")
-def dev_stack_up(folder: Path, project: str, base_models: Path | None) -> None:
-    """Start the emulators and the five functions; create topics, push subscriptions and buckets."""
+@RECIPE_OPTION
+def dev_stack_up(folder: Path, project: str, base_models: Path | None, recipe: str | None) -> None:
+    """Start the emulators and the five functions; create topics, push subscriptions and buckets; publish the
+    recipe's base model."""
+    from functions.recipes import RecipeError, RecipeNotInstalled
     from iml.devstack import DevStackError, instructions, up
+    from infra.errors import PermanentError
 
     try:
-        stack = up(folder, project, say=lambda line: err.print(f"[dim]{line}[/]"), base_models=base_models)
-    except DevStackError as error:
+        stack = up(folder, project, env_overrides={"IML_RECIPE": recipe} if recipe else None,
+                   say=lambda line: err.print(f"[dim]{line}[/]"), base_models=base_models)
+    except (DevStackError, RecipeNotInstalled, RecipeError, PermanentError) as error:
         _fail(str(error))
     click.echo(instructions(stack))
 
@@ -302,19 +410,30 @@ def dev_stack_restart(name: str, down_for: float, folder: Path) -> None:
 @click.option("--device-key", "device_pub", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               required=True, help="The device's public key file (device.pub from `iml device keygen`).")
 @click.option("--request-id", default=None, help="The request's id (default: a fresh one).")
+@click.option("--data", "data_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="The user's data (.npz of x, y, optional x_eval, y_eval: docs/recipes.md), uploaded to the user-data "
+                   "bucket under <user_id>/; the signup's data_ref names it.")
 @STACK_DIR
-def dev_stack_signup(user_id: str, device_pub: Path, request_id: str | None, folder: Path) -> None:
-    """Publish a signup for USER_ID to the stack's signup topic."""
+def dev_stack_signup(user_id: str, device_pub: Path, request_id: str | None, data_file: Path | None,
+                     folder: Path) -> None:
+    """Publish a signup for USER_ID to the stack's signup topic, with the user's data when --data is given."""
+    import hashlib
     import uuid
 
     from functions.events import Signup
-    from iml.devstack import DevStackError, Stack, publish
+    from iml.devstack import DevStackError, Stack, publish, upload_user_data
     from infra.errors import InvalidEvent
 
     try:
         stack = Stack.load(folder.resolve())
-        signup = Signup.parse({"schema_version": 1, "request_id": request_id or uuid.uuid4().hex,
-                               "user_id": user_id, "device_public_key": device_pub.read_text().strip()})
+        request_id = request_id or uuid.uuid4().hex
+        event = {"schema_version": 1, "request_id": request_id, "user_id": user_id,
+                 "device_public_key": device_pub.read_text().strip()}
+        signup = Signup.parse(event)  # the ids are checked before anything is uploaded under them
+        if data_file is not None:
+            name = f"{hashlib.sha256(request_id.encode()).hexdigest()[:16]}.npz"  # request ids may hold ':'
+            data_ref = upload_user_data(stack, user_id, name, data_file.read_bytes())
+            signup = Signup.parse({**event, "data_ref": data_ref})
         publish(stack, stack.settings().topics.signup, signup.to_dict())
     except (DevStackError, InvalidEvent) as error:
         _fail(str(error))
@@ -375,6 +494,34 @@ def _plain(text: str) -> str:
 
 
 @contextlib.contextmanager
+def _quiet_tensorflow(log_path: Path):
+    """TensorFlow's C++ start-up lines (absl, oneDNN, XNNPACK) and Python warnings go to `log_path`, not to the
+    terminal: descriptor 2, where C++ writes, points at the log while the command runs; Python's sys.stderr
+    (our progress bars and errors) keeps the terminal."""
+    import warnings
+
+    sys.stderr.flush()
+    terminal = os.dup(2)
+    log = open(log_path, "a")
+    os.dup2(log.fileno(), 2)
+    saved = sys.stderr
+    sys.stderr = os.fdopen(os.dup(terminal), "w", buffering=1, encoding=saved.encoding, errors="backslashreplace")
+    showwarning = warnings.showwarning
+    warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: showwarning(
+        message, category, filename, lineno, log, line)
+    try:
+        yield
+    finally:
+        warnings.showwarning = showwarning
+        replacement, sys.stderr = sys.stderr, saved
+        replacement.flush()
+        os.dup2(terminal, 2)
+        os.close(terminal)
+        replacement.close()
+        log.close()
+
+
+@contextlib.contextmanager
 def _stdout_to_stderr(enabled: bool):
     """Keep stdout for the JSON report alone: libraries that print (TensorFlow does) go to stderr."""
     if not enabled:
@@ -395,15 +542,17 @@ def _stdout_to_stderr(enabled: bool):
 def _print_demo(report: dict) -> None:
     from watermark.detect import format_p
 
-    out = Console(soft_wrap=True)
-    table = Table(title="Individual models, one per user: accuracy on each user's held-out data")
+    out = _wide_console()
+    table = Table(title=f"Individual models of recipe {report['recipe']} (base {report['base_model_version']}), one "
+                        f"per user: accuracy on each user's held-out data")
     table.add_column("user", no_wrap=True)
     table.add_column("model", no_wrap=True, min_width=34)  # whole: people copy model ids
-    for column in ("unmarked", "marked", "on device"):
+    for column in ("base model", "unmarked", "marked", "on device"):
         table.add_column(column, justify="right")
     for row in report["users"]:
-        table.add_row(row["user_id"], row["model_id"] or "-", _pct(row["accuracy_base"]),
-                      _pct(row["accuracy_watermarked"]), _pct(row["accuracy_on_device"]))
+        table.add_row(row["user_id"], row["model_id"] or "-", _pct(row["accuracy_base_model"]),
+                      _pct(row["accuracy_unwatermarked"]), _pct(row["accuracy_watermarked"]),
+                      _pct(row["accuracy_on_device"]))
     out.print(table)
     leak, never = report["leak"], report["never_issued"]
     if leak:

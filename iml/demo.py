@@ -1,20 +1,22 @@
-"""`iml demo`: the real pipeline for a few simulated users on the embedded defaults, end to end.
+"""`iml demo`: the real pipeline for a few users on the embedded defaults, end to end.
 
-Signup -> generate -> watermark -> encrypt -> publish through the in-process bus; each device downloads,
-opens and runs its model; one decrypted model leaks and the verifier traces it; a model never issued
-accuses nobody; the clock moves past the TTL and expire deletes what was delivered.
+The recipe's base model is published if it is not yet; each user's data (simulated, or the .npz files of
+--user-data) goes to the user-data bucket as an app backend would put it there; signup -> generate ->
+watermark -> encrypt -> publish through the in-process bus; each device downloads, opens and runs its model
+on its held-out data, beside the base model; one decrypted model leaks and the verifier traces it; a model
+never issued accuses nobody; the clock moves past the TTL and expire deletes what was delivered.
 """
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Callable
 
-from functions import userdata
 from functions.chain import STEPS
 from functions.events import Ready, Signup
 from functions.runner import StepResult, subscribe_steps
@@ -27,6 +29,12 @@ from watermark.detect import representable
 from watermark.verify import verify_file
 
 NEVER_ISSUED_USER = "never-issued"
+DATA_OBJECT = "data.npz"  # each user's data object: <user_id>/data.npz in the user-data bucket
+_USER_FILE = re.compile(r"^([A-Za-z0-9_-]{1,64})\.npz$")
+
+
+class DemoError(ValueError):
+    """The demo cannot run as asked; the text says why."""
 
 
 @dataclass
@@ -49,10 +57,19 @@ class _Run:
         self.progress.on_advance(stage, seconds)
 
 
-def run_demo(users: int, workdir: Path, progress: Progress = Progress(), settings: Settings | None = None) -> dict:
-    if not 1 <= users <= 100:
-        raise ValueError("--users must be between 1 and 100")
+def run_demo(users: int, workdir: Path, progress: Progress = Progress(), settings: Settings | None = None,
+             recipe: str | None = None, user_data: Path | None = None) -> dict:
+    """Run the pipeline for `users` simulated users of `recipe`, or for the users whose data files are in
+    `user_data` (DIR/<user_id>.npz)."""
+    from functions import recipes
+
+    if user_data is None and not 1 <= users <= 100:
+        raise DemoError("--users must be between 1 and 100")
     settings = settings or Settings(workdir=workdir)
+    if recipe is not None:
+        settings = replace(settings, recipe=recipe)
+    chosen = recipes.load(settings.recipe)
+    people = _brought_users(user_data) if user_data is not None else _simulated_users(chosen.name, users)
     clock = MovableClock()
     ports = local_ports(settings, clock)
     topics = settings.topics
@@ -66,34 +83,50 @@ def run_demo(users: int, workdir: Path, progress: Progress = Progress(), setting
     subscribe_steps(ports.bus, ports, record)
     ports.bus.subscribe(topics.ready, lambda payload: _keep_ready(run, payload))
 
-    # 1. every simulated device makes its key pair and signs up
+    # 0. the recipe's base model is published once (a reused workdir has it)
+    progress.on_stage("base", 1)
+    started = time.perf_counter()
+    from functions import base_model
+
+    base_model.publish(chosen, ports.models, clock().isoformat())
+    run.done("base", time.perf_counter() - started)
+
+    # 1. every device makes its key pair; the app backend stores the user's data and signs the user up
     stamp = clock().strftime("%Y%m%dT%H%M%S")
-    phones = [devices.Device.create(workdir / "devices" / f"user-{i:03d}", f"user-{i:03d}") for i in range(1, users + 1)]
+    phones = [devices.Device.create(workdir / "devices" / user_id, user_id) for user_id in people]
     for stage in (name for name in STEPS if name != "expire"):  # what a signup goes through, in order
-        progress.on_stage(stage, users)
+        progress.on_stage(stage, len(phones))
+    held_out = {}
     for phone in phones:
+        raw = people[phone.user_id]()
+        held_out[phone.user_id] = chosen.read_user_data(raw).held_out  # as generate will read it
+        data_ref = f"{phone.user_id}/{DATA_OBJECT}"
+        ports.user_data.put(data_ref, raw)
         signup = Signup(request_id=f"demo-{stamp}-{phone.user_id}", user_id=phone.user_id,
-                        device_public_key=phone.public_key_b64)
+                        device_public_key=phone.public_key_b64, data_ref=data_ref)
         ports.bus.publish(topics.signup, signup.to_dict())
     # 2-5. the pipeline runs until the bus is quiet
     ports.bus.drain()
 
-    # 6. each device fetches, opens and runs its own model on its own held-out data
-    progress.on_stage("device", users)
+    # 6. each device fetches, opens and runs its own model on its own held-out data; the base model beside it
+    progress.on_stage("device", len(phones))
     on_device: dict[str, float] = {}
+    base_accuracy: dict[str, float] = {}
+    base_tflite = _base_tflite(chosen, ports)
     for phone in phones:
         started = time.perf_counter()
         if phone.user_id in run.ready:
             ready = run.ready[phone.user_id]
             tflite = phone.receive(fetch_local_url(ready.download_url, clock()), ready.model_id)
-            held_out = userdata.for_user(phone.user_id).held_out
-            on_device[phone.user_id] = devices.accuracy(tflite, held_out.x, held_out.y)
+            data = held_out[phone.user_id]
+            on_device[phone.user_id] = devices.accuracy(tflite, data.x, data.y)
+            base_accuracy[phone.user_id] = devices.accuracy(base_tflite, data.x, data.y)
         run.done("device", time.perf_counter() - started)
 
     # 7. one decrypted model leaks; the verifier names its user. A model never issued names nobody.
     progress.on_stage("verify", 2)
     leak = _leak(phones, run, workdir, ports)
-    never_issued = _never_issued(run, workdir, ports)
+    never_issued = _never_issued(run, workdir, ports, chosen, people)
 
     # 8. the clock moves past the TTL; the hourly expiry deletes what was delivered
     progress.on_stage("expire", 1)
@@ -113,7 +146,9 @@ def run_demo(users: int, workdir: Path, progress: Progress = Progress(), setting
             continue
     return {
         "workdir": str(workdir),
-        "users": [_user_row(phone, run, issued, on_device) for phone in phones],
+        "recipe": chosen.name,
+        "base_model_version": chosen.base_version,
+        "users": [_user_row(phone, run, issued, on_device, base_accuracy) for phone in phones],
         "leak": leak,
         "never_issued": never_issued,
         "expiry": {
@@ -134,13 +169,15 @@ def _keep_ready(run: _Run, payload: bytes) -> None:
     run.ready[ready.user_id] = ready
 
 
-def _user_row(phone: devices.Device, run: _Run, issued: dict[str, IssuedModel], on_device: dict) -> dict:
+def _user_row(phone: devices.Device, run: _Run, issued: dict[str, IssuedModel], on_device: dict,
+              base_accuracy: dict) -> dict:
     ready = run.ready.get(phone.user_id)
     record = issued.get(ready.model_id) if ready else None
     return {
         "user_id": phone.user_id,
         "model_id": ready.model_id if ready else None,
-        "accuracy_base": record.accuracy_unwatermarked if record else None,
+        "accuracy_base_model": base_accuracy.get(phone.user_id),
+        "accuracy_unwatermarked": record.accuracy_unwatermarked if record else None,
         "accuracy_watermarked": record.accuracy_watermarked if record else None,
         "accuracy_on_device": on_device.get(phone.user_id),
         "sealed_sha256": ready.sealed_sha256 if ready else None,
@@ -164,19 +201,48 @@ def _leak(phones, run: _Run, workdir: Path, ports) -> dict | None:
     }, log10_p_value=best.log10_p_value, log10_p_threshold=verdict.log10_p_threshold)
 
 
-def _never_issued(run: _Run, workdir: Path, ports) -> dict:
-    """A model fine-tuned like any other but never watermarked or issued: it must accuse nobody."""
-    from functions import model
+def _never_issued(run: _Run, workdir: Path, ports, recipe, people: dict) -> dict:
+    """A model fine-tuned like any other (on the first user's data, with its own secret seed) but never
+    watermarked or issued: it must accuse nobody."""
+    from functions import base_model
     from functions.steps.generate import fine_tune_seed
 
-    base = model.load_or_train_base(ports.models)
-    tuned = model.fine_tune(base, userdata.for_user(NEVER_ISSUED_USER).train,
-                            fine_tune_seed(ports.kms, NEVER_ISSUED_USER))
+    data = recipe.read_user_data(people[next(iter(people))]())
+    tuned = recipe.fine_tune(base_model.load_model(recipe, ports.models), data.train,
+                             fine_tune_seed(ports.kms, NEVER_ISSUED_USER))
     path = workdir / "leak" / "never-issued.tflite"
-    path.write_bytes(model.to_tflite(tuned))
+    path.write_bytes(recipe.export(tuned))
     verdict = _timed_verify(run, path, ports)
     return _with_p_values({"file": str(path), "accused": verdict.accused},
                           best_log10_p_value=verdict.candidates[0].log10_p_value)
+
+
+def _base_tflite(recipe, ports) -> bytes:
+    from functions import base_model
+
+    return recipe.export(base_model.load_model(recipe, ports.models))
+
+
+def _simulated_users(recipe: str, count: int) -> dict[str, Callable[[], bytes]]:
+    """user id -> the bytes of that simulated user's data object."""
+    from iml import simulated
+
+    if recipe not in simulated.SIMULATIONS:
+        raise DemoError(f"the demo simulates no users for recipe {recipe!r}: bring their data with --user-data DIR")
+    return {f"user-{i:03d}": (lambda i=i: simulated.to_npz(simulated.user_data(recipe, f"user-{i:03d}")))
+            for i in range(1, count + 1)}
+
+
+def _brought_users(folder: Path) -> dict[str, Callable[[], bytes]]:
+    """user id -> the bytes of DIR/<user_id>.npz, for every such file."""
+    if not folder.is_dir():
+        raise DemoError(f"--user-data {folder}: no such folder")
+    files = sorted(p for p in folder.iterdir() if p.is_file() and _USER_FILE.match(p.name))
+    if not files:
+        raise DemoError(f"--user-data {folder} holds no <user_id>.npz file (user ids: letters, digits, _ and -)")
+    if len(files) > 100:
+        raise DemoError(f"--user-data {folder} holds {len(files)} users; the demo takes at most 100")
+    return {_USER_FILE.match(p.name).group(1): p.read_bytes for p in files}
 
 
 def _with_p_values(row: dict, **log10_values: float) -> dict:

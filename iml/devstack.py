@@ -34,9 +34,8 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from functions.chain import STEPS
-from infra.settings import Settings
+from infra.settings import BUCKETS, ROLES, Settings
 
-ROLES = ("staging", "delivery", "models", "evidence", "state")
 RESTARTABLE = ("storage", *STEPS)
 # The local servers have no request timeout; 2 minutes is well past any step here. The redeliveries of a dead
 # delivery's message (16, without backoff here) must outlast its lease: 16 x 10 s of waiting > 120 s.
@@ -64,7 +63,7 @@ class Stack:
                "PUBSUB_EMULATOR_HOST": self.pubsub, "STORAGE_EMULATOR_HOST": self.storage, "IML_KMS": "local",
                "IML_WORKDIR": str(self.folder / "work"),
                "IML_URL_SIGNING_KEY_FILE": str(self.folder / "url-signing-key.json")}
-        env |= {f"IML_{role.upper()}_BUCKET": f"{self.project}-{role}" for role in ROLES}
+        env |= {variable: f"{self.project}-{role}" for role, variable in BUCKETS.items()}
         return env | self.env_overrides
 
     def settings(self) -> Settings:
@@ -108,7 +107,8 @@ def up(folder: Path, project: str = "iml-dev", env_overrides: dict[str, str] | N
         with talking_to(stack):
             _create_buckets(stack)
             _make_kms_key_file(stack)
-            say("uploading the base model" if base_models else "training the base model into the models bucket")
+            say("uploading the base models" if base_models else
+                f"publishing the base model of recipe {stack.settings().recipe} (trained here)")
             _publish_base_model(stack, base_models)
             for step in STEPS:
                 say(f"starting the {step} function")
@@ -170,8 +170,9 @@ def instructions(stack: Stack) -> str:
              f"  Pub/Sub emulator  {stack.pubsub}", f"  fake-gcs-server   {stack.storage}"]
     lines += [f"  {step:<9}         http://127.0.0.1:{port}/  (log: {stack.log_file(step)})"
               for step, port in stack.functions.items()]
-    lines += ["", "Send a signup:", "  iml device keygen --out phone",
-              f"  iml dev-stack signup alice --device-key phone/device.pub{where}",
+    lines += ["", "Send a signup (the user's data: an .npz of x, y as docs/recipes.md says; `iml demo` leaves one at",
+              "DEMO_WORKDIR/buckets/user-data/user-001/data.npz):", "  iml device keygen --out phone",
+              f"  iml dev-stack signup alice --device-key phone/device.pub --data alice.npz{where}",
               "Read the ready and dead-letter messages:", f"  iml dev-stack messages{where}",
               "Download and open the model (the URL is in the ready message):",
               '  curl -o model.iml "DOWNLOAD_URL" && iml device open model.iml --key phone/device.key --out model.tflite',
@@ -355,17 +356,31 @@ def _make_kms_key_file(stack: Stack) -> None:
 def _publish_base_model(stack: Stack, base_models: Path | None) -> None:
     from infra.bootstrap import build_ports
 
-    models = build_ports(stack.settings()).models
+    settings = stack.settings()
+    models = build_ports(settings).models
     if base_models is None:
-        from functions import model
+        from datetime import datetime, timezone
 
-        model.load_or_train_base(models)
+        from functions import base_model, recipes
+
+        base_model.publish(recipes.load(settings.recipe), models, datetime.now(timezone.utc).isoformat())
         return
     files = sorted(p for p in Path(base_models).rglob("*") if p.is_file() and not p.name.startswith("."))
     if not files:
         raise DevStackError(f"{base_models} holds no base model (a models bucket's folder: base/<version>/...)")
     for path in files:
         models.put(path.relative_to(base_models).as_posix(), path.read_bytes(), if_absent=True)
+
+
+def upload_user_data(stack: Stack, user_id: str, name: str, data: bytes) -> str:
+    """Put a user's data object where the app backend would (<user_id>/NAME in the user-data bucket); its
+    data_ref."""
+    from infra.bootstrap import build_ports
+
+    with talking_to(stack):
+        data_ref = f"{user_id}/{name}"
+        build_ports(stack.settings()).user_data.put(data_ref, data)
+    return data_ref
 
 
 def _create_topics_and_subscriptions(stack: Stack) -> None:

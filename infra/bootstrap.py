@@ -25,6 +25,7 @@ class Ports:
     delivery: BlobStore
     models: BlobStore
     state: BlobStore
+    user_data: BlobStore
     ledger: Ledger
     kms: Kms
     bus: Bus
@@ -62,6 +63,7 @@ def local_ports(settings: Settings, clock: Callable[[], datetime] = utc_now) -> 
         delivery=store("delivery"),
         models=store("models"),
         state=store("state"),
+        user_data=store("user-data"),
         ledger=Ledger(store("evidence"), kms),
         kms=kms,
         bus=InProcessBus(root / "topics"),
@@ -102,6 +104,7 @@ def gcp_ports(settings: Settings, clock: Callable[[], datetime] = utc_now) -> Po
         delivery=stores["delivery"],
         models=stores["models"],
         state=stores["state"],
+        user_data=stores["user-data"],
         ledger=Ledger(stores["evidence"], kms),
         kms=kms,
         bus=PubSubBus(pubsub_v1.PublisherClient(), settings.project),

@@ -44,6 +44,7 @@ class IssuedModel:
     user_id: str
     request_id: str
     base_model_version: str
+    recipe: str  # the recipe the model was made by (the verifier reads the published base, never the recipe)
     fingerprint_key_id: str  # the fingerprint key version its codeword was derived under
     watermark_strength: float
     accuracy_unwatermarked: float
@@ -70,13 +71,14 @@ class IssuedModel:
     @classmethod
     def from_record(cls, record: dict) -> "IssuedModel":
         """The record read back; ValueError when it is not one (a field missing, extra, or of the wrong type)."""
-        if record.get("kind") != cls.KIND or record.keys() != _ISSUED_RECORD_KEYS:
+        if record.get("kind") != cls.KIND or record.keys() not in (_ISSUED_RECORD_KEYS, _BEFORE_RECIPES):
             raise ValueError("not an issued-model record")
-        return cls(**{name: record[name] for name in _ISSUED_FIELDS})
+        return cls(**{name: record.get(name, "") for name in _ISSUED_FIELDS})
 
 
 _ISSUED_FIELDS = {f.name: f.type for f in fields(IssuedModel)}  # name -> "str" or "float"
 _ISSUED_RECORD_KEYS = _ISSUED_FIELDS.keys() | {"kind", "recorded_at"}
+_BEFORE_RECIPES = _ISSUED_RECORD_KEYS - {"recipe"}  # records written before recipes existed: recipe reads ""
 
 
 @dataclass(frozen=True)

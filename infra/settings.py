@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Mapping
 
 BACKENDS = ("local", "gcp")
-BUCKETS = ("IML_STAGING_BUCKET", "IML_DELIVERY_BUCKET", "IML_MODELS_BUCKET", "IML_EVIDENCE_BUCKET",
-           "IML_STATE_BUCKET")
+BUCKETS = {"staging": "IML_STAGING_BUCKET", "delivery": "IML_DELIVERY_BUCKET", "models": "IML_MODELS_BUCKET",
+           "evidence": "IML_EVIDENCE_BUCKET", "state": "IML_STATE_BUCKET",
+           "user-data": "IML_USER_DATA_BUCKET"}  # each bucket's role -> the variable naming it
+ROLES = tuple(BUCKETS)
 KMS_KINDS = ("local", "cloud")
 CLOUD_KMS_KEYS = ("IML_KMS_WRAP_KEY", "IML_KMS_SIGNING_KEY_VERSION", "IML_KMS_FINGERPRINT_KEY_VERSION")
 MAX_URL_TTL = timedelta(days=7)  # the V4 signed URL's limit
@@ -52,13 +54,14 @@ class Settings:
     user_model_limit: int = 5
     user_limit_period: timedelta = timedelta(hours=24)
     watermark_strength: float = 0.08
+    recipe: str = "digits-mlp"  # functions.recipes.DEFAULT
     claim_lease: timedelta = timedelta(seconds=600)  # no push request outlives Pub/Sub's 600 s ack deadline
     claim_wait: timedelta = timedelta(seconds=30)
     kms: str = "local"
     cloud_kms_keys: tuple[str, str, str] | None = None  # wrap key, signing key version, fingerprint key version
     kms_endpoint: str | None = None
     project: str | None = None
-    buckets: dict[str, str] | None = None  # with gcp: staging, delivery, models, evidence, state
+    buckets: dict[str, str] | None = None  # with gcp: role (ROLES) -> bucket name
     url_signing_key_file: Path | None = None
 
     @property
@@ -74,10 +77,10 @@ class Settings:
         project, buckets = None, None
         if backend == "gcp":
             project = env.get("IML_PROJECT") or env.get("GOOGLE_CLOUD_PROJECT")
-            missing = [name for name in BUCKETS if not env.get(name)] + ([] if project else ["IML_PROJECT"])
+            missing = [name for name in BUCKETS.values() if not env.get(name)] + ([] if project else ["IML_PROJECT"])
             if missing:
                 raise SettingsError(f"IML_BACKEND=gcp needs {', '.join(missing)}")
-            buckets = {name.split("_")[1].lower(): env[name] for name in BUCKETS}
+            buckets = {role: env[name] for role, name in BUCKETS.items()}
         kms = env.get("IML_KMS", "local")
         if kms not in KMS_KINDS:
             raise SettingsError(f"IML_KMS must be one of {', '.join(KMS_KINDS)}, got {kms!r}")
@@ -102,6 +105,7 @@ class Settings:
             topic_prefix=env.get("IML_TOPIC_PREFIX", "iml-"),
             user_model_limit=_int(env, "IML_USER_MODEL_LIMIT", 5, 1, 1000),
             user_limit_period=timedelta(hours=_int(env, "IML_USER_LIMIT_PERIOD_HOURS", 24, 1, 24 * 366)),
+            recipe=env.get("IML_RECIPE", "digits-mlp"),
             watermark_strength=_float(env, "IML_WATERMARK_STRENGTH", 0.08, 0.0, 1.0),
             claim_lease=timedelta(seconds=_int(env, "IML_CLAIM_LEASE_SECONDS", 600, 10, 3600)),
             claim_wait=timedelta(seconds=_int(env, "IML_CLAIM_WAIT_SECONDS", 30, 0, 540)),

@@ -2,7 +2,10 @@
 # Read it as a table: the promises of DESIGN.md §5 are visible here, and tests/integration/test_terraform.py checks them:
 # - only encrypt writes the delivery bucket, and only expire deletes from it (objectUser has delete; objectCreator
 #   cannot overwrite, so it cannot delete either);
-# - only watermark uses the fingerprint key (generate never needs it, so it is not given it);
+# - only generate (the fine-tune's secret seed) and watermark (the codeword) use the fingerprint key;
+# - only generate reads users' data; expire may list and delete it (a user's deletion), not read it;
+# - the models bucket (confidential base models) is read by generate, watermark, the verifier's members and the
+#   base publishers only, and written by the base publishers only;
 # - only encrypt and expire sign ledger records, and only they write the evidence bucket;
 # - publish signs download URLs as itself (signBlob on its own account), with no key file anywhere.
 
@@ -10,9 +13,10 @@ locals {
   # step => bucket => roles. The viewer roles let create-once writes look before they write.
   bucket_roles = {
     generate = {
-      models  = ["roles/storage.objectViewer", "roles/storage.objectCreator"] # trains the base model once if missing
-      staging = ["roles/storage.objectUser"]                                  # a redelivery rewrites its artefact
-      state   = ["roles/storage.objectViewer", "roles/storage.objectCreator"]
+      models      = ["roles/storage.objectViewer"] # fine-tunes the published base; never trains one
+      "user-data" = ["roles/storage.objectViewer"] # the signup's data_ref
+      staging     = ["roles/storage.objectUser"]   # a redelivery rewrites its artefact
+      state       = ["roles/storage.objectViewer", "roles/storage.objectCreator"]
     }
     watermark = {
       models  = ["roles/storage.objectViewer"]
@@ -30,16 +34,19 @@ locals {
       state    = ["roles/storage.objectViewer", "roles/storage.objectCreator"]
     }
     expire = {
-      staging  = ["roles/storage.objectUser"]
-      delivery = ["roles/storage.objectUser"]
-      evidence = ["roles/storage.objectViewer", "roles/storage.objectCreator"]
-      state    = ["roles/storage.objectViewer", "roles/storage.objectCreator"]
+      staging     = ["roles/storage.objectUser"]
+      delivery    = ["roles/storage.objectUser"]
+      evidence    = ["roles/storage.objectViewer", "roles/storage.objectCreator"]
+      state       = ["roles/storage.objectViewer", "roles/storage.objectCreator"]
+      "user-data" = [local.object_deleter_role] # a user's deletion: list and delete, never read
     }
   }
 
+  object_deleter_role = "projects/${var.project_id}/roles/${google_project_iam_custom_role.object_deleter.role_id}"
+
   # step => key => roles
   key_roles = {
-    generate  = { envelope = ["roles/cloudkms.cryptoKeyEncrypter"] }
+    generate  = { envelope = ["roles/cloudkms.cryptoKeyEncrypter"], fingerprint = ["roles/cloudkms.signer"] }
     watermark = { envelope = ["roles/cloudkms.cryptoKeyEncrypterDecrypter"], fingerprint = ["roles/cloudkms.signer"] }
     encrypt   = { envelope = ["roles/cloudkms.cryptoKeyDecrypter"], ledger = ["roles/cloudkms.signer"] }
     publish   = {}
@@ -64,6 +71,15 @@ locals {
 
   bucket_names = merge({ for role, bucket in google_storage_bucket.pipeline : role => bucket.name },
   { evidence = google_storage_bucket.evidence.name })
+}
+
+# Deleting objects without reading them: no predefined role is only that.
+resource "google_project_iam_custom_role" "object_deleter" {
+  project     = var.project_id
+  role_id     = "${replace(var.name_prefix, "-", "_")}objectDeleter"
+  title       = "iml object deleter"
+  description = "Lists and deletes objects, never reads them: expire on the user-data bucket."
+  permissions = ["storage.objects.list", "storage.objects.delete"]
 }
 
 resource "google_storage_bucket_iam_member" "step" {
@@ -117,6 +133,25 @@ resource "google_storage_bucket_iam_member" "verifier_reads" {
 
   bucket = local.bucket_names[each.value.bucket]
   role   = "roles/storage.objectViewer"
+  member = each.value.member
+}
+
+# The app backend puts users' data where generate reads it; create only: it can neither read nor replace it.
+resource "google_storage_bucket_iam_member" "app_writes_user_data" {
+  for_each = toset(var.app_backend_members)
+
+  bucket = local.bucket_names["user-data"]
+  role   = "roles/storage.objectCreator"
+  member = each.value
+}
+
+# `iml base publish --bucket`: create-once writes that look before they write.
+resource "google_storage_bucket_iam_member" "base_publishers" {
+  for_each = { for pair in setproduct(["roles/storage.objectViewer", "roles/storage.objectCreator"], var.base_publisher_members) :
+  "${pair[0]} ${pair[1]}" => { role = pair[0], member = pair[1] } }
+
+  bucket = local.bucket_names["models"]
+  role   = each.value.role
   member = each.value.member
 }
 

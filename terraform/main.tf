@@ -36,6 +36,7 @@ locals {
     IML_DELIVERY_BUCKET             = google_storage_bucket.pipeline["delivery"].name
     IML_MODELS_BUCKET               = google_storage_bucket.pipeline["models"].name
     IML_STATE_BUCKET                = google_storage_bucket.pipeline["state"].name
+    IML_USER_DATA_BUCKET            = google_storage_bucket.pipeline["user-data"].name
     IML_EVIDENCE_BUCKET             = google_storage_bucket.evidence.name
     IML_TOPIC_PREFIX                = var.name_prefix
     IML_URL_TTL_MINUTES             = tostring(var.url_ttl_minutes)
@@ -44,6 +45,7 @@ locals {
     IML_USER_MODEL_LIMIT            = tostring(var.user_model_limit)
     IML_USER_LIMIT_PERIOD_HOURS     = tostring(var.user_limit_period_hours)
     IML_WATERMARK_STRENGTH          = tostring(var.watermark_strength)
+    IML_RECIPE                      = var.recipe
     IML_KMS                         = "cloud"
     IML_KMS_WRAP_KEY                = local.crypto_key_ids["envelope"]
     IML_KMS_SIGNING_KEY_VERSION     = "${local.crypto_key_ids["ledger"]}/cryptoKeyVersions/${var.signing_key_version}"

@@ -19,7 +19,7 @@ output "dead_letter_subscription" {
 }
 
 output "buckets" {
-  description = "Bucket names by role: staging, delivery, models, state, evidence, sources."
+  description = "Bucket names by role: staging, delivery, models, state, user-data, evidence, sources."
   value       = merge(local.bucket_names, { sources = google_storage_bucket.sources.name })
 }
 

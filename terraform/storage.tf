@@ -1,5 +1,5 @@
-# Buckets. Staging, delivery, models and state keep no backup of any kind: versioning off and soft delete 0,
-# so an object deleted by the pipeline is gone. Evidence is the opposite: a retention policy keeps every
+# Buckets. Staging, delivery, models, state and user data keep no backup of any kind: versioning off and soft
+# delete 0, so an object deleted by the pipeline is gone. Evidence is the opposite: a retention policy keeps every
 # ledger record. Everything is CMEK-encrypted, uniform-access and closed to the public.
 
 locals {
@@ -14,8 +14,13 @@ locals {
       delete_after = [{ days = 1, prefixes = null }]
     }
     models = {
-      purpose      = "the shared base model generate fine-tunes from"
+      purpose      = "the published base models (`iml base publish`): confidential, read by generate, watermark and the verifier"
       delete_after = []
+    }
+    user-data = {
+      purpose = "each user's own data under <user_id>/, written by the app backend, read by generate (a signup's data_ref)"
+      # deleted with the user by expire; this rule deletes what was never deleted otherwise
+      delete_after = [{ days = var.user_data_retention_days, prefixes = null }]
     }
     state = {
       purpose = "the runner's claims, outboxes and step markers (exactly-once effects); per-user slots (request limit) and markers (deletion)"

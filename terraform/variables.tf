@@ -139,6 +139,28 @@ variable "watermark_strength" {
   }
 }
 
+variable "recipe" {
+  description = "The recipe every model is made by (IML_RECIPE): an installed recipe's name (`iml recipes`); its base model must be published (`iml base publish`) before the first signup."
+  type        = string
+  default     = "digits-mlp"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{0,39}$", var.recipe))
+    error_message = "recipe must be lowercase letters, digits and dashes, at most 40 characters, starting with a letter."
+  }
+}
+
+variable "user_data_retention_days" {
+  description = "Age after which the user-data bucket's lifecycle rule deletes a user's data object (a user's deletion deletes it at once)."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.user_data_retention_days >= 1 && var.user_data_retention_days <= 3650 && floor(var.user_data_retention_days) == var.user_data_retention_days
+    error_message = "user_data_retention_days must be a whole number of days from 1 to 3650."
+  }
+}
+
 variable "evidence_retention_days" {
   description = "How long each ledger record is kept, in days: the evidence bucket's retention policy (nobody can delete or overwrite a record younger than this)."
   type        = number
@@ -258,13 +280,24 @@ variable "functions" {
 }
 
 variable "app_backend_members" {
-  description = "IAM principals of the app backend (for example serviceAccount:backend@PROJECT.iam.gserviceaccount.com): they publish signups and user deletions, and read ready messages."
+  description = "IAM principals of the app backend (for example serviceAccount:backend@PROJECT.iam.gserviceaccount.com): they write users' data to the user-data bucket (create only: they cannot read it back), publish signups and user deletions, and read ready messages."
   type        = list(string)
   default     = []
 
   validation {
     condition     = alltrue([for m in var.app_backend_members : can(regex("^(serviceAccount|group|user|principal|principalSet):", m))])
     error_message = "Each member must be an IAM principal such as serviceAccount:NAME@PROJECT.iam.gserviceaccount.com."
+  }
+}
+
+variable "base_publisher_members" {
+  description = "IAM principals who run `iml base publish --bucket` (the model owner's ML operations): they create base model objects in the models bucket and read them back (a publication completes or checks what is there); nobody can overwrite or delete one."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for m in var.base_publisher_members : can(regex("^(serviceAccount|group|user|principal|principalSet):", m))])
+    error_message = "Each member must be an IAM principal such as group:ml-ops@example.com."
   }
 }
 

@@ -1,8 +1,9 @@
 """Shared fixtures, and the tiers: a test module under tests/unit, tests/integration or tests/e2e carries that
 marker (`pytest -m unit`, or `pytest tests/unit`).
 
-The base model is trained once per test run, into one folder (`base_models_dir`), and copied wherever a test
-needs it: the embedded adapters' workdirs, the demo's workdir, the dev stack's models bucket.
+The base model is trained and published once per test run, into one folder (`base_models_dir`), and the test
+users' data written once (`user_data_dir`); both are copied wherever a test needs them: the embedded adapters'
+workdirs, the demo's workdir, the dev stack's buckets.
 """
 from __future__ import annotations
 
@@ -11,14 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from functions.events import Ready
 from functions.runner import StepResult, subscribe_steps
 from infra.bootstrap import MovableClock, Ports, local_ports
 from infra.ledger import IssuedModel
 from infra.settings import Settings
-from tests.helpers import CROWD_SIZE, FACTS, make_signup
+from tests.helpers import CROWD_SIZE, FACTS, PUBLISHED_AT, TEST_USERS, issue_models, with_base_and_data
 
 TIERS = ("unit", "integration", "e2e")
 
@@ -44,19 +43,31 @@ def ports(tmp_path: Path, clock: MovableClock) -> Ports:
 
 @pytest.fixture(scope="session")
 def base_models_dir(tmp_path_factory) -> Path:
-    """A models bucket's folder holding the trained base model: trained here, once per run."""
-    from functions import model
+    """A models bucket's folder holding the digits recipe's published base model: trained here, once per run."""
+    from functions import base_model, recipes
     from infra.local_storage import LocalBlobStore
 
     folder = tmp_path_factory.mktemp("models")
-    model.load_or_train_base(LocalBlobStore(folder))
+    base_model.publish(recipes.load("digits-mlp"), LocalBlobStore(folder), PUBLISHED_AT)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def user_data_dir(tmp_path_factory) -> Path:
+    """A user-data bucket's folder: every test user's simulated digits data, at <user>/data.npz."""
+    from iml import simulated
+
+    folder = tmp_path_factory.mktemp("user-data")
+    for user in TEST_USERS:
+        (folder / user).mkdir()
+        (folder / user / "data.npz").write_bytes(simulated.to_npz(simulated.digits_user(user)))
     return folder
 
 
 @pytest.fixture
-def trained_ports(tmp_path: Path, clock: MovableClock, base_models_dir: Path) -> Ports:
-    """Embedded adapters in a fresh workdir that already holds the trained base model."""
-    shutil.copytree(base_models_dir, tmp_path / "work" / "buckets" / "models")
+def trained_ports(tmp_path: Path, clock: MovableClock, base_models_dir: Path, user_data_dir: Path) -> Ports:
+    """Embedded adapters in a fresh workdir that already holds the published base model and the users' data."""
+    with_base_and_data(tmp_path / "work", base_models_dir, user_data_dir)
     return local_ports(Settings(workdir=tmp_path / "work"), clock)
 
 
@@ -87,25 +98,14 @@ class Issued:
 
 
 @pytest.fixture(scope="session")
-def issued(tmp_path_factory, base_models_dir) -> Issued:
-    from infra.envelope import open_sealed_bytes
-    from infra.local_storage import fetch_local_url
+def issued(tmp_path_factory, base_models_dir, user_data_dir) -> Issued:
     from watermark.reader import read_tflite
     from watermark.research.attacks import Weights
 
     workdir = tmp_path_factory.mktemp("issued")
-    shutil.copytree(base_models_dir, workdir / "buckets" / "models")
+    with_base_and_data(workdir, base_models_dir, user_data_dir)
     ports = local_ports(Settings(workdir=workdir), MovableClock())
-    subscribe_steps(ports.bus, ports)
-    keys = {user: ec.generate_private_key(ec.SECP256R1()) for user in ("alice", "bob", "carol")}
-    for user, key in keys.items():
-        ports.bus.publish(ports.settings.topics.signup, make_signup(user, key=key).to_dict())
-    ports.bus.drain()
-    tflite = {}
-    for message in ports.bus.journal(ports.settings.topics.ready):
-        ready = Ready.parse(message)
-        tflite[ready.user_id] = open_sealed_bytes(fetch_local_url(ready.download_url, ports.clock()),
-                                                  keys[ready.user_id])[1]
+    tflite = issue_models(ports, ("alice", "bob", "carol"))
     models = {}
     for user, data in tflite.items():
         read = read_tflite(data)
@@ -129,7 +129,7 @@ def crowd(issued, tmp_path_factory) -> Crowd:
     for i in range(CROWD_SIZE):
         ports.ledger.issue(IssuedModel(
             model_id=f"m-crowd-{i:04d}", user_id=f"crowd-{i:04d}", request_id=f"r-{i}",
-            base_model_version="digits-mlp-v1", **{**FACTS, "fingerprint_key_id": ports.kms.fingerprint_key_id},
+            base_model_version="digits-mlp-v2", recipe="digits-mlp", **{**FACTS, "fingerprint_key_id": ports.kms.fingerprint_key_id},
             plaintext_sha256="0" * 64, device_key_sha256="0" * 64, sealed_sha256="0" * 64,
             delivery_object=f"m-crowd-{i:04d}.iml"), ports.clock())
     return Crowd(workdir, ports, issued.tflite["alice"])

@@ -26,9 +26,57 @@ FACTS = {"generated_at": "2026-11-21T12:00:00+00:00", "accuracy_unwatermarked": 
          "accuracy_watermarked": 0.949, "fingerprint_key_id": "local-fingerprint-0", "watermark_strength": 0.08}
 
 
-def make_signup(user_id: str, request_id: str = "req-1", key: ec.EllipticCurvePrivateKey | None = None) -> Signup:
+TEST_USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "kate", "liam",
+              "mallory")  # each has simulated digits data at <user>/data.npz in the `trained_ports` workdirs
+PUBLISHED_AT = "2026-11-22T00:00:00+00:00"
+
+
+def make_signup(user_id: str, request_id: str = "req-1", key: ec.EllipticCurvePrivateKey | None = None,
+                data_ref: str | None = "") -> Signup:
+    """A signup as the app backend sends it: by default naming the user's data at <user>/data.npz."""
     key = key or ec.generate_private_key(ec.SECP256R1())
-    return Signup(request_id=request_id, user_id=user_id, device_public_key=public_key_b64(key))
+    return Signup(request_id=request_id, user_id=user_id, device_public_key=public_key_b64(key),
+                  data_ref=f"{user_id}/data.npz" if data_ref == "" else data_ref)
+
+
+def dense_base(kernels: list, version: str = "test-v1"):
+    """A published base (watermark.base) of Dense kernels, every one a carrier, as tests build them by hand."""
+    import numpy as np
+
+    from watermark.base import BaseLayer, with_positions
+
+    layers = tuple(BaseLayer(f"dense_{i}", "dense", kernel, True) for i, kernel in enumerate(kernels, start=1))
+    return with_positions(version, "test", kernels[0].shape[:1], kernels[-1].shape[1], layers,
+                          np.zeros((1, kernels[0].shape[0]), np.float32))
+
+
+def issue_models(ports, users) -> dict[str, bytes]:
+    """Sign `users` up (their data in place) through every step on the in-process bus; each user's decrypted
+    TFLite file, as their device opens it."""
+    from functions.events import Ready
+    from functions.runner import subscribe_steps
+    from infra.envelope import open_sealed_bytes
+    from infra.local_storage import fetch_local_url
+
+    subscribe_steps(ports.bus, ports)
+    keys = {user: ec.generate_private_key(ec.SECP256R1()) for user in users}
+    for user, key in keys.items():
+        ports.bus.publish(ports.settings.topics.signup, make_signup(user, key=key).to_dict())
+    ports.bus.drain()
+    tflite = {}
+    for message in ports.bus.journal(ports.settings.topics.ready):
+        ready = Ready.parse(message)
+        tflite[ready.user_id] = open_sealed_bytes(fetch_local_url(ready.download_url, ports.clock()),
+                                                  keys[ready.user_id])[1]
+    return tflite
+
+
+def with_base_and_data(workdir: Path, base_models_dir: Path, user_data_dir: Path) -> None:
+    """Give a workdir the published base model and the test users' data (the session's fixtures' folders)."""
+    import shutil
+
+    shutil.copytree(base_models_dir, workdir / "buckets" / "models")
+    shutil.copytree(user_data_dir, workdir / "buckets" / "user-data")
 
 
 def model_step_event(signup: Signup, artifact: str, facts: dict | None = None) -> dict:
@@ -36,7 +84,7 @@ def model_step_event(signup: Signup, artifact: str, facts: dict | None = None) -
     return {
         "schema_version": 1, "request_id": signup.request_id, "user_id": signup.user_id,
         "model_id": signup.model_id, "device_public_key": signup.device_public_key,
-        "base_model_version": "digits-mlp-v1", "artifact": artifact, "facts": facts or {},
+        "base_model_version": "digits-mlp-v2", "recipe": "digits-mlp", "artifact": artifact, "facts": facts or {},
     }
 
 

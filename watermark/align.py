@@ -1,7 +1,7 @@
 """Aligning a suspect model to the base model before extraction.
 
-A network's function survives some weight changes that would scramble a naive comparison: its hidden neurons
-can be permuted, each scaled by a positive factor (ReLU(a·z) = a·ReLU(z), undone on the next layer), split
+A network's function survives some weight changes that would scramble a naive comparison: its hidden units
+(a Dense layer's neurons, a convolution's output channels) can be permuted, each scaled by a positive factor (ReLU(a·z) = a·ReLU(z), undone on the next layer), split
 into several copies whose outgoing weights add up, or joined by dummy neurons that contribute nothing. The
 verifier holds the base model, so it can undo all of these, layer by layer from the input:
 
@@ -14,7 +14,10 @@ verifier holds the base model, so it can undo all of these, layer by layer from 
 - the scale is divided out of the incoming weights and multiplied into the outgoing weights, which then
   follow the neuron to its base position (copies of one neuron add up there).
 
-The input features and the output classes have a fixed meaning, so only hidden layers move. Alignment looks
+A convolution's output channel is matched by its whole kernel (every tap, every input channel) and moves the
+next layer's input channel with it: the next convolution's at every tap, or a Dense layer's at every
+flattened location after a Flatten (max pooling commutes with both moves). The input features and the output
+classes have a fixed meaning, so only hidden layers move. Alignment looks
 at the suspect and the base model only, never at a codeword: it cannot make an innocent model's codeword
 correlate, so the p-values of watermark.detect stay valid.
 """
@@ -40,46 +43,85 @@ class Alignment:
     matched: list[tuple[int, int]]  # per hidden layer: base neurons that found a suspect neuron, of how many
 
 
-def align(suspect: list[np.ndarray], base: list[np.ndarray], min_cosine: float = MIN_COSINE) -> Alignment:
-    _check_shapes(suspect, base)
+def align(suspect: list[np.ndarray], base: list[np.ndarray], min_cosine: float = MIN_COSINE, *,
+          suspect_kinds: list[str] | None = None, base_kinds: list[str] | None = None) -> Alignment:
+    """The suspect's kernels in the base model's shapes and unit order. Kinds (watermark.base.LAYER_KINDS) say
+    how to read each kernel; without them every layer is dense."""
+    suspect_kinds = suspect_kinds or ["dense"] * len(suspect)
+    base_kinds = base_kinds or ["dense"] * len(base)
+    theirs, ours = _shaped(suspect, suspect_kinds, base_kinds), _shaped(base, base_kinds, base_kinds)
+    _check_shapes(theirs, ours)
     aligned, report, matched = [], [], []
-    incoming = suspect[0].astype(np.float64)
-    for layer, reference in enumerate(base[:-1]):
-        mapping, scales, cosines, out_of_range = _match(incoming, reference.astype(np.float64), min_cosine)
-        columns = np.zeros(reference.shape)
-        moves = np.zeros((incoming.shape[1], reference.shape[1]))  # suspect neuron -> base neuron, with scale
+    incoming = theirs[0]
+    for layer, reference in enumerate(ours[:-1]):
+        flat_in, flat_ref = incoming.reshape(-1, incoming.shape[2]), reference.reshape(-1, reference.shape[2])
+        mapping, scales, cosines, out_of_range = _match(flat_in, flat_ref, min_cosine)
+        columns = np.zeros(flat_ref.shape)
+        moves = np.zeros((flat_in.shape[1], flat_ref.shape[1]))  # suspect unit -> base unit, with scale
         for j in np.flatnonzero(mapping >= 0):
             moves[j, mapping[j]] = scales[j]
-        # a base neuron takes the best-matching suspect neuron's (rescaled) incoming weights
-        for i in range(reference.shape[1]):
+        # a base unit takes the best-matching suspect unit's (rescaled) incoming weights
+        for i in range(flat_ref.shape[1]):
             candidates = np.flatnonzero(mapping == i)
             if candidates.size:
                 best = candidates[np.argmax(cosines[candidates])]
-                columns[:, i] = incoming[:, best] / scales[best]
-        aligned.append(columns)
-        incoming = moves.T @ suspect[layer + 1].astype(np.float64)  # outgoing weights follow, scaled, summed
-        report.append(_describe(layer, mapping, scales, out_of_range, reference.shape[1]))
-        matched.append((int(np.unique(mapping[mapping >= 0]).size), reference.shape[1]))
+                columns[:, i] = flat_in[:, best] / scales[best]
+        aligned.append(columns.reshape(reference.shape))
+        # outgoing weights follow, scaled and summed: the next layer's input channels, at every position
+        incoming = np.matmul(moves.T[None], theirs[layer + 1])
+        report.append(_describe(layer, mapping, scales, out_of_range, flat_ref.shape[1]))
+        matched.append((int(np.unique(mapping[mapping >= 0]).size), flat_ref.shape[1]))
     aligned.append(incoming)
-    return Alignment(aligned, report, matched)
+    return Alignment([a.reshape(b.shape) for a, b in zip(aligned, base)], report, matched)
+
+
+_FAMILY = {"dense": "dense", "conv1d": "convolution", "conv2d": "convolution"}
+
+
+def _shaped(kernels: list[np.ndarray], kinds: list[str], base_kinds: list[str]) -> list[np.ndarray]:
+    """Each kernel as (positions, input channels, output units), float64: a dense kernel has one position, or,
+    after a convolution, one per flattened location (Keras and TFLite flatten channels last); a 1-D or 2-D
+    convolution one per kernel tap. Permuting or scaling a layer's units is then the same operation on the
+    next layer's middle axis, whatever the layers are."""
+    if len(kernels) != len(base_kinds) or len(kinds) != len(kernels):
+        raise IncompatibleModel(f"the model has {len(kernels)} weight layers, the base model {len(base_kinds)}")
+    shaped = []
+    for layer, (kernel, kind, base_kind) in enumerate(zip(kernels, kinds, base_kinds), start=1):
+        if kind not in _FAMILY or base_kind not in _FAMILY:
+            raise IncompatibleModel(f"layer {layer} is a {kind if kind not in _FAMILY else base_kind} layer, "
+                                    f"which alignment does not cover")
+        if _FAMILY[kind] != _FAMILY[base_kind]:
+            raise IncompatibleModel(f"layer {layer} is a {_FAMILY[kind]} layer, the base model's a {_FAMILY[base_kind]}")
+        if kernel.ndim != {"dense": 2, "conv1d": 3, "conv2d": 4}[kind] or 0 in kernel.shape:
+            raise IncompatibleModel(f"layer {layer} has a kernel without inputs or outputs")
+        kernel = np.asarray(kernel, np.float64)
+        shaped.append(kernel[None] if kind == "dense" else kernel.reshape(-1, *kernel.shape[-2:]))
+    for layer in range(1, len(shaped)):
+        if kinds[layer] == "dense" and kinds[layer - 1] != "dense":  # a flatten between them
+            channels, inputs = shaped[layer - 1].shape[2], shaped[layer].shape[1]
+            if inputs % channels:
+                raise IncompatibleModel(f"layer {layer + 1} takes {inputs} inputs, not a whole number of the "
+                                        f"{channels} channels before it")
+            shaped[layer] = shaped[layer].reshape(inputs // channels, channels, -1)
+    return shaped
 
 
 def _check_shapes(suspect: list[np.ndarray], base: list[np.ndarray]) -> None:
-    if len(suspect) != len(base):
-        raise IncompatibleModel(f"the model has {len(suspect)} dense layers, the base model {len(base)}")
-    if any(kernel.ndim != 2 or 0 in kernel.shape for kernel in suspect):
-        raise IncompatibleModel("the model has a dense layer without inputs or outputs")
-    if any(a.shape[1] != b.shape[0] for a, b in zip(suspect, suspect[1:])):
-        raise IncompatibleModel("the model's dense layers do not chain (one's outputs are not the next's inputs)")
-    if suspect[0].shape[0] != base[0].shape[0] or suspect[-1].shape[1] != base[-1].shape[1]:
+    if any(a.shape[2] != b.shape[1] for a, b in zip(suspect, suspect[1:])):
+        raise IncompatibleModel("the model's layers do not chain (one's outputs are not the next's inputs)")
+    for layer, (kernel, reference) in enumerate(zip(suspect, base), start=1):
+        if kernel.shape[0] != reference.shape[0]:
+            raise IncompatibleModel(f"layer {layer} spans {kernel.shape[0]} positions (kernel taps or flattened "
+                                    f"locations), the base model's {reference.shape[0]}")
+    if suspect[0].shape[1] != base[0].shape[1] or suspect[-1].shape[2] != base[-1].shape[2]:
         raise IncompatibleModel(
-            f"the model maps {suspect[0].shape[0]} inputs to {suspect[-1].shape[1]} outputs, the base model "
-            f"{base[0].shape[0]} to {base[-1].shape[1]}")
+            f"the model maps {suspect[0].shape[1]} input channels to {suspect[-1].shape[2]} outputs, the base "
+            f"model {base[0].shape[1]} to {base[-1].shape[2]}")
     for layer, (kernel, reference) in enumerate(zip(suspect[:-1], base[:-1]), start=1):
-        if kernel.shape[1] > MAX_WIDTH_FACTOR * reference.shape[1]:
+        if kernel.shape[2] > MAX_WIDTH_FACTOR * reference.shape[2]:
             raise IncompatibleModel(
-                f"hidden layer {layer} has {kernel.shape[1]} neurons, more than {MAX_WIDTH_FACTOR} times the base "
-                f"model's {reference.shape[1]}")
+                f"hidden layer {layer} has {kernel.shape[2]} units, more than {MAX_WIDTH_FACTOR} times the base "
+                f"model's {reference.shape[2]}")
 
 
 def _match(incoming: np.ndarray, reference: np.ndarray, min_cosine: float):

@@ -32,7 +32,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from watermark.embed import layer_scales
+from watermark.base import PublishedBase
 from watermark.errors import ImplausibleWeights, ScoringError
 
 DEFAULT_ALPHA = 1e-9
@@ -57,26 +57,26 @@ class Residual:
     quantum: float
 
     @classmethod
-    def of(cls, aligned: list[np.ndarray], base: list[np.ndarray], bound: float = RESIDUAL_BOUND) -> Residual:
-        """The aligned suspect minus the base, weighted per layer. Weights the suspect holds at exactly zero
-        (pruned) say nothing about any codeword and are left out; that choice looks at the suspect alone.
-        Raises ImplausibleWeights, naming the layer, for a non-finite weight or one beyond `bound` spreads."""
-        spreads = layer_scales(base)
+    def of(cls, aligned: list[np.ndarray], base: PublishedBase, bound: float = RESIDUAL_BOUND) -> Residual:
+        """The aligned suspect's carrier kernels (in the base's shapes) minus the base's, weighted per layer, at
+        the published positions. Weights the suspect holds at exactly zero (pruned) say nothing about any
+        codeword and are left out; that choice looks at the suspect alone. Raises ImplausibleWeights, naming
+        the layer, for a non-finite weight or one beyond `bound` spreads, anywhere in a carrier kernel."""
         parts = []
-        for layer, (suspect, reference, spread) in enumerate(zip(aligned, base, spreads, strict=True), start=1):
-            name = f"dense layer {layer}"
+        for suspect, layer, positions, spread in zip(aligned, base.carriers, base.segments, base.spreads, strict=True):
+            name = f"layer {layer.name!r}"
             if not math.isfinite(spread) or spread <= 0:
                 raise ImplausibleWeights(name, "the base model's kernel has no spread to measure against")
             if not np.all(np.isfinite(suspect)):
                 raise ImplausibleWeights(name, "after alignment a weight is not finite")
-            moved = np.where(suspect != 0, suspect - reference, 0.0)
+            moved = np.where(suspect != 0, suspect - layer.kernel, 0.0).ravel()
             furthest = float(np.max(np.abs(moved), initial=0.0)) / spread
             if not furthest <= bound:
                 raise ImplausibleWeights(
                     name, f"a weight lies {furthest:.3g} base spreads from the base model's (a descendant of "
                           f"the base model stays within {bound:g}); refusing to score an implausible file")
-            parts.append(spread * moved.ravel())
-        limit = bound * max(spread * spread for spread in spreads) * (1 + 1e-9)  # room for one rounding
+            parts.append(spread * moved[positions])
+        limit = bound * max(spread * spread for spread in base.spreads) * (1 + 1e-9)  # room for one rounding
         return cls.of_vector(np.concatenate(parts), limit)
 
     @classmethod

@@ -1,12 +1,14 @@
-"""Reading a model's dense kernels, whatever form it was handed over in.
+"""Reading a model's weight layers (Dense and convolution kernels), whatever form it was handed over in.
 
 - `.tflite` (float32, float16, dynamic-range int8, full-integer int8), through the LiteRT interpreter: the
-  FULLY_CONNECTED ops in execution order, each weight traced back through DEQUANTIZE ops to its constant, and
-  dequantized with its scales and zero points (per channel where it has them).
+  FULLY_CONNECTED, CONV_2D and DEPTHWISE_CONV_2D ops in execution order, each weight traced back through
+  DEQUANTIZE ops to its constant, and dequantized with its scales and zero points (per channel where it has
+  them). A Keras Conv1D is a CONV_2D of height 1 there.
 - `.keras` and SavedModel folders, through TensorFlow (imported only for them).
 
-Kernels come back input to output, in Keras orientation (in, out), as float64; their shapes may differ from
-the base model's (dummy neurons): alignment is watermark.align's job. A file handed in by a stranger is read
+Kernels come back input to output, in Keras orientation (dense (in, out), conv2d (kh, kw, in, out),
+depthwise_conv2d (kh, kw, in, multiplier), conv1d (k, in, out)), as float64, each with its kind; their
+shapes may differ from the base model's (dummy neurons, channels): alignment is watermark.align's job. A file handed in by a stranger is read
 through watermark.sandbox, in a child process that holds nothing worth stealing.
 """
 from __future__ import annotations
@@ -25,6 +27,11 @@ class ReadModel:
     format: str  # e.g. "tflite float32", "tflite float16", "tflite int8", "keras"
     kernels: list[np.ndarray]
     biases: list[np.ndarray]
+    kinds: list[str] | None = None  # per kernel: watermark.base.LAYER_KINDS; None: all dense
+
+    @property
+    def layer_kinds(self) -> list[str]:
+        return self.kinds if self.kinds is not None else ["dense"] * len(self.kernels)
 
 
 def read_model(path: Path) -> ReadModel:
@@ -61,22 +68,43 @@ def read_tflite(data: bytes) -> ReadModel:
             raise UnreadableModel("a fully-connected op names a weight tensor the model does not have")
         return _dequantized(interpreter, details[index])
 
-    kernels, biases, kinds = [], [], set()
+    kernels, biases, layer_kinds, kinds = [], [], [], set()
     for op in ops:
-        if op["op_name"] != "FULLY_CONNECTED":
+        kind = _OPS.get(op["op_name"])
+        if kind is None:
             continue
         if len(op["inputs"]) < 2:
-            raise UnreadableModel("a fully-connected op has no weight input")
-        weights, kind = constant(int(op["inputs"][1]))
-        if weights.ndim != 2:
-            raise UnreadableModel(f"a fully-connected weight tensor has {weights.ndim} dimensions, not 2")
-        kinds.add(kind)
-        kernels.append(weights.T)
+            raise UnreadableModel(f"a {op['op_name']} op has no weight input")
+        weights, number_kind = constant(int(op["inputs"][1]))
+        source = details.get(int(op["inputs"][0]), {})
+        in_channels = int(source["shape"][-1]) if len(source.get("shape", ())) else 0
+        kernels.append(_keras_orientation(kind, weights, in_channels))
+        kinds.add(number_kind)
+        layer_kinds.append(kind)
+        out_channels = kernels[-1].shape[-1] * (kernels[-1].shape[2] if kind == "depthwise_conv2d" else 1)
         has_bias = len(op["inputs"]) > 2 and int(op["inputs"][2]) >= 0
-        biases.append(constant(int(op["inputs"][2]))[0] if has_bias else np.zeros(weights.shape[0]))
+        biases.append(constant(int(op["inputs"][2]))[0].ravel() if has_bias else np.zeros(out_channels))
     if not kernels:
-        raise UnreadableModel("the TFLite model has no fully-connected layers")
-    return ReadModel(f"tflite {'+'.join(sorted(kinds))}", kernels, biases)
+        raise UnreadableModel("the TFLite model has no fully-connected or convolution layers")
+    return ReadModel(f"tflite {'+'.join(sorted(kinds))}", kernels, biases, layer_kinds)
+
+
+_OPS = {"FULLY_CONNECTED": "dense", "CONV_2D": "conv2d", "DEPTHWISE_CONV_2D": "depthwise_conv2d"}
+
+
+def _keras_orientation(kind: str, weights: np.ndarray, in_channels: int) -> np.ndarray:
+    """TFLite's weight layout to Keras's: FULLY_CONNECTED (out, in), CONV_2D (out, kh, kw, in),
+    DEPTHWISE_CONV_2D (1, kh, kw, in x multiplier), its input's channels telling the multiplier."""
+    want = {"dense": 2, "conv2d": 4, "depthwise_conv2d": 4}[kind]
+    if weights.ndim != want or 0 in weights.shape:
+        raise UnreadableModel(f"a {kind} weight tensor has {weights.ndim} dimensions, not {want}")
+    if kind == "dense":
+        return weights.T
+    if kind == "conv2d":
+        return weights.transpose(1, 2, 3, 0)
+    if weights.shape[0] != 1 or in_channels <= 0 or weights.shape[3] % in_channels:
+        raise UnreadableModel("a depthwise convolution's weights do not match its input's channels")
+    return weights[0].reshape(weights.shape[1], weights.shape[2], in_channels, weights.shape[3] // in_channels)
 
 
 def _dequantized(interpreter, detail: dict) -> tuple[np.ndarray, str]:
@@ -113,11 +141,15 @@ def _read_keras(path: Path) -> ReadModel:
         model = keras.models.load_model(path, compile=False)
     except Exception as error:  # keras raises many types for a zip that is not a model
         raise UnreadableModel(f"not a readable Keras model ({type(error).__name__})") from None
-    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
-    if not dense:
-        raise UnreadableModel("the Keras model has no Dense layers")
-    return ReadModel("keras", [d.kernel.numpy().astype(np.float64) for d in dense],
-                     [d.bias.numpy().astype(np.float64) for d in dense])
+    kinds = {keras.layers.Dense: "dense", keras.layers.Conv1D: "conv1d", keras.layers.Conv2D: "conv2d",
+             keras.layers.DepthwiseConv2D: "depthwise_conv2d"}
+    layers = [(layer, kinds[type(layer)]) for layer in model.layers if type(layer) in kinds]
+    if not layers:
+        raise UnreadableModel("the Keras model has no Dense or convolution layers")
+    kernels = [layer.kernel.numpy().astype(np.float64) for layer, _ in layers]
+    biases = [layer.bias.numpy().astype(np.float64) if layer.use_bias else np.zeros(kernel.shape[-1])
+              for (layer, _), kernel in zip(layers, kernels)]
+    return ReadModel("keras", kernels, biases, [kind for _, kind in layers])
 
 
 def _read_saved_model(path: Path) -> ReadModel:
@@ -127,13 +159,15 @@ def _read_saved_model(path: Path) -> ReadModel:
         loaded = tf.saved_model.load(str(path))
     except (OSError, ValueError) as error:
         raise UnreadableModel(f"not a readable SavedModel ({_first_line(error)})") from None
-    # dense kernels are the 2-D variables; their names sort in layer order (dense, dense_1, ...)
+    # kernels are the variables of 2 (dense), 3 (conv1d) or 4 (conv2d) dimensions; their names sort in layer
+    # order (dense, dense_1, ...)
     ordered = sorted(loaded.variables, key=lambda v: _layer_order(v.name))
-    kernels = [v.numpy().astype(np.float64) for v in ordered if len(v.shape) == 2]
+    kernels = [v.numpy().astype(np.float64) for v in ordered if len(v.shape) >= 2]
     biases = [v.numpy().astype(np.float64) for v in ordered if len(v.shape) == 1]
     if not kernels:
-        raise UnreadableModel("the SavedModel has no 2-D weights")
-    return ReadModel("savedmodel", kernels, biases)
+        raise UnreadableModel("the SavedModel has no kernels")
+    kinds = [{2: "dense", 3: "conv1d"}.get(kernel.ndim, "conv2d") for kernel in kernels]
+    return ReadModel("savedmodel", kernels, biases, kinds)
 
 
 def _layer_order(name: str) -> tuple[int, str]:

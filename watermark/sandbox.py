@@ -41,6 +41,7 @@ from pathlib import Path
 
 import numpy as np
 
+from watermark.base import LAYER_KINDS
 from watermark.errors import UnreadableModel
 from watermark.reader import ReadModel
 
@@ -179,13 +180,13 @@ def to_npz(model: ReadModel) -> bytes:
     arrays = {f"kernel_{i:03d}": np.asarray(k, np.float64) for i, k in enumerate(model.kernels)}
     arrays |= {f"bias_{i:03d}": np.asarray(b, np.float64) for i, b in enumerate(model.biases)}
     buffer = io.BytesIO()
-    np.savez(buffer, format=np.array(model.format), **arrays)
+    np.savez(buffer, format=np.array(model.format), kinds=np.array(",".join(model.layer_kinds)), **arrays)
     return buffer.getvalue()
 
 
 def from_npz(data: bytes) -> ReadModel:
-    """A ReadModel from the child's arrays, refusing anything but float64 kernels (2-D) and biases (1-D) and a
-    format from the reader's list. Only stored (uncompressed) members: no archive inflates in the verifier."""
+    """A ReadModel from the child's arrays, refusing anything but float64 kernels (of their kind's dimensions)
+    and biases (1-D), known layer kinds and a format from the reader's list. Only stored (uncompressed) members: no archive inflates in the verifier."""
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
             if any(info.compress_type != zipfile.ZIP_STORED for info in archive.infolist()):
@@ -197,6 +198,10 @@ def from_npz(data: bytes) -> ReadModel:
     form = loaded.pop("format", None)
     if form is None or form.dtype.kind != "U" or form.ndim != 0 or not _FORMAT.match(str(form)):
         raise UnreadableModel("the model parser handed back no known format")
+    kinds = loaded.pop("kinds", None)
+    if kinds is None or kinds.dtype.kind != "U" or kinds.ndim != 0:
+        raise UnreadableModel("the model parser handed back no layer kinds")
+    kinds = str(kinds).split(",")
     layers: dict[str, dict[int, np.ndarray]] = {"kernel": {}, "bias": {}}
     for name, array in loaded.items():
         match = _ARRAY.match(name)
@@ -209,9 +214,10 @@ def from_npz(data: bytes) -> ReadModel:
         raise UnreadableModel("the model parser handed back an incomplete set of layers")
     kernels = [layers["kernel"][i] for i in range(count)]
     biases = [layers["bias"][i] for i in range(count)]
-    if any(k.ndim != 2 for k in kernels) or any(b.ndim != 1 for b in biases):
+    if len(kinds) != count or any(kind not in LAYER_KINDS for kind in kinds) \
+            or any(k.ndim != LAYER_KINDS[kind] for k, kind in zip(kernels, kinds)) or any(b.ndim != 1 for b in biases):
         raise UnreadableModel("the model parser handed back weights of the wrong shape")
-    return ReadModel(str(form), kernels, biases)
+    return ReadModel(str(form), kernels, biases, kinds)
 
 
 def shield_this_process() -> None:

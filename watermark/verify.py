@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import tempfile
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -20,10 +19,11 @@ from typing import Callable
 
 import numpy as np
 
-from infra.errors import KeyUnavailable, ObjectMissing
+from infra.errors import KeyUnavailable
 from infra.ledger import IssuedModel, Ledger, LedgerEntry, record_name
 from infra.ports import BlobStore, Kms
 from watermark import base
+from watermark.base import BaseInvalid, BaseNotPublished
 from watermark.align import align
 from watermark.codeword import codeword_seed
 from watermark.detect import (DEFAULT_ALPHA, Residual, log10_p_value, log10_threshold, representable,
@@ -36,7 +36,6 @@ DEFAULT_MAX_ACCUSED = 3
 MANY_ACCUSED = "needs review: unusually many accused"
 # Below this share of a hidden layer's base neurons matched, "nobody accused" may be a disguised copy's doing.
 MIN_MATCHED_SHARE = 0.75
-_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # a base model version names a folder of the store
 
 
 @dataclass(frozen=True)
@@ -159,7 +158,7 @@ def verify(
         except ValueError as error:
             excluded.append(f"{entry.name}: {error}")
             continue
-        if _VERSION.match(issued.base_model_version):
+        if base.VERSION.match(issued.base_model_version):
             groups[issued.base_model_version].append(_Record(entry, issued))
         else:
             excluded.append(f"{entry.name}: the record names no valid base model version")
@@ -169,12 +168,13 @@ def verify(
     incompatible: list[IncompatibleModel] = []
     for version, group in sorted(groups.items()):
         try:
-            base_kernels = base.load_kernels(models, version)
-        except ObjectMissing:
-            excluded += [f"{r.entry.name}: base model {version!r} is not at hand" for r in group]
+            published = base.load(models, version)
+        except (BaseNotPublished, BaseInvalid) as error:
+            excluded += [f"{r.entry.name}: base model {version!r} is not at hand ({error})" for r in group]
             continue
         try:
-            aligned = align(suspect.kernels, base_kernels)
+            aligned = align(suspect.kernels, [layer.kernel for layer in published.layers],
+                            suspect_kinds=suspect.layer_kinds, base_kinds=[layer.kind for layer in published.layers])
         except IncompatibleModel as error:
             incompatible.append(error)
             excluded += [f"{r.entry.name}: the file cannot descend from base model {version!r} ({error})"
@@ -184,7 +184,8 @@ def verify(
         weak_alignment += [f"alignment to {version} matched {found} of {total} base neurons of hidden layer {layer}"
                            for layer, (found, total) in enumerate(aligned.matched, start=1)
                            if found < MIN_MATCHED_SHARE * total]
-        residual = Residual.of(aligned.kernels, base_kernels)
+        carriers = [kernel for kernel, layer in zip(aligned.kernels, published.layers) if layer.carrier]
+        residual = Residual.of(carriers, published)
         seeds, group = _codeword_seeds(kms, group, excluded)
         scored += zip(z_scores(residual, seeds, progress=progress).tolist(), group)
     if not scored:

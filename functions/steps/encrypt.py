@@ -37,6 +37,7 @@ def handle(event: ModelEvent, ports: Ports) -> list[ModelEvent]:
         issued = IssuedModel(
             model_id=event.model_id, user_id=event.user_id, request_id=event.request_id,
             base_model_version=event.base_model_version,
+            recipe=event.recipe,
             device_key_sha256=hashlib.sha256(public_key_bytes(event.device_key)).hexdigest(),
             sealed_sha256=sealed_sha256, delivery_object=name,
             **{fact: event.facts[fact] for fact in WATERMARK_FACTS})

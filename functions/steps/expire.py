@@ -58,4 +58,4 @@ def _delete_user(user_id: str, ports: Ports, now: datetime) -> None:
             ports.ledger.append(kind, model_id, {"user_id": user_id, "objects_deleted": [name],
                                                  "deleted_at": now.isoformat()}, now)
             store.delete(name)
-    log.info("user deleted", models=len(model_ids))
+    log.info("user deleted", models=len(model_ids), data_objects=users.delete_data(user_id, ports))

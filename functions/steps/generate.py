@@ -1,12 +1,13 @@
-"""Generate: admit the request, fine-tune the published base model on the user's own data, stage it."""
+"""Generate: read the user's data, admit the request, fine-tune the recipe's published base model on the
+data's training part, stage the result with the held-out part (the watermark step measures on it; only this
+step reads the user-data bucket). The base model is published beforehand (`iml base publish`); it is never trained here."""
 from __future__ import annotations
 
-from functions import model, names, userdata, users
+from functions import base_model, model, names, recipes, userdata, users
 from functions.events import ModelEvent, Signup
 from infra.bootstrap import Ports
 from infra.ports import Kms
 from infra.staging import put_staged
-
 
 FINE_TUNE_DOMAIN = b"iml-fine-tune-seed-v1\0"
 
@@ -19,17 +20,21 @@ def fine_tune_seed(kms: Kms, model_id: str) -> int:
 
 
 def handle(signup: Signup, ports: Ports) -> list[ModelEvent]:
+    recipe = recipes.load(ports.settings.recipe)
+    users.refuse_deleted(signup.user_id, ports)
+    base = base_model.load_model(recipe, ports.models)  # refused before a request slot is taken
+    data = userdata.read(ports, recipe, signup.user_id, signup.data_ref)
     users.admit(signup.user_id, signup.model_id, ports)
-    base = model.load_or_train_base(ports.models)
-    tuned = model.fine_tune(base, userdata.for_user(signup.user_id).train, fine_tune_seed(ports.kms, signup.model_id))
+    tuned = recipe.fine_tune(base, data.train, fine_tune_seed(ports.kms, signup.model_id))
     artifact = names.generated_model(signup.model_id)
-    put_staged(ports.staging, ports.kms, artifact, model.to_keras_bytes(tuned))
+    put_staged(ports.staging, ports.kms, artifact, model.pack_tuned(tuned, data.held_out.x, data.held_out.y))
     return [ModelEvent(
         request_id=signup.request_id,
         user_id=signup.user_id,
         model_id=signup.model_id,
         device_public_key=signup.device_public_key,
-        base_model_version=model.BASE_MODEL_VERSION,
+        base_model_version=recipe.base_version,
+        recipe=recipe.name,
         artifact=artifact,
         facts={"generated_at": ports.clock().isoformat()},
     )]

@@ -1,37 +1,42 @@
-"""Watermark: embed the model's fingerprint (a codeword under the current fingerprint key version), measure
-what it costs on the user's held-out data, export for the phone, stage the export."""
+"""Watermark: embed the model's fingerprint (a codeword under the current fingerprint key version) at the
+published base's carrier positions, measure what it costs on the user's held-out data (staged by generate), export for the
+phone, stage the export."""
 from __future__ import annotations
 
 import hashlib
 
-from functions import model, names, userdata
+from functions import model, names, recipes
 from functions.events import ModelEvent
 from infra.bootstrap import Ports
 from infra.staging import get_staged, put_staged
 from watermark import base
 from watermark.codeword import codeword_seed, expand
-from watermark.embed import codeword_length, embed
+from watermark.embed import embed
 
 
 def handle(event: ModelEvent, ports: Ports) -> list[ModelEvent]:
-    tuned = model.from_keras_bytes(get_staged(ports.staging, ports.kms, event.artifact))
-    base_kernels = base.load_kernels(ports.models, event.base_model_version)
-    held_out = userdata.for_user(event.user_id).held_out
-    accuracy_before = model.accuracy(tuned, held_out)
+    recipe = recipes.load(event.recipe)
+    published = base.load(ports.models, event.base_model_version)
+    tuned, held_out_x, held_out_y = model.unpack_tuned(get_staged(ports.staging, ports.kms, event.artifact))
+    held_out = recipes.Split(held_out_x, held_out_y)
+    accuracy_before = recipe.evaluate(tuned, held_out)
     key_id = ports.kms.fingerprint_key_id  # recorded below: the verifier derives the codeword under this version
-    codeword = expand(codeword_seed(ports.kms, event.model_id, key_id), codeword_length(base_kernels))
+    codeword = expand(codeword_seed(ports.kms, event.model_id, key_id), published.codeword_length)
+    kernels = {name: kernel for name, _, kernel in model.weight_layers(tuned)}
+    carriers = [kernels[layer.name] for layer in published.carriers]
     strength = ports.settings.watermark_strength
-    model.set_kernels(tuned, embed(model.kernels(tuned), base_kernels, codeword, strength))
-    accuracy_after = model.accuracy(tuned, held_out)
-    tflite = model.to_tflite(tuned)
+    marked = embed(carriers, published, codeword, strength)
+    model.set_kernels(tuned, {layer.name: kernel for layer, kernel in zip(published.carriers, marked)})
+    accuracy_after = recipe.evaluate(tuned, held_out)
+    exported = recipe.export(tuned)
     artifact = names.watermarked_model(event.model_id)
-    if not put_staged(ports.staging, ports.kms, artifact, tflite):
-        tflite = get_staged(ports.staging, ports.kms, artifact)  # staged by an earlier delivery: that copy goes on
+    if not put_staged(ports.staging, ports.kms, artifact, exported):
+        exported = get_staged(ports.staging, ports.kms, artifact)  # staged by an earlier delivery: that copy goes on
     return [event.advanced(
         artifact,
         accuracy_unwatermarked=round(accuracy_before, 6),
         accuracy_watermarked=round(accuracy_after, 6),
         fingerprint_key_id=key_id,
         watermark_strength=strength,
-        plaintext_sha256=hashlib.sha256(tflite).hexdigest(),
+        plaintext_sha256=hashlib.sha256(exported).hexdigest(),
     )]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from functions import userdata
+from iml import simulated
 from tests.helpers import verify_model
 from watermark import base
 from watermark.reader import read_tflite
@@ -19,7 +19,7 @@ def accused(issued, tflite: bytes) -> list[str]:
 
 
 def held_out(user: str = "alice"):
-    data = userdata.for_user(user).held_out
+    data = simulated.digits_user(user).held_out
     return data.x, data.y
 
 
@@ -55,7 +55,7 @@ def test_quantized_copies_are_read_dequantized_and_traced(issued, quantization):
 
 def test_fine_tuning_on_the_thiefs_own_data_does_not_wash_it_out(issued):
     original = issued.models["alice"]
-    own = userdata.for_user("thief").train
+    own = simulated.digits_user("thief").train
     attacked = attacks.fine_tune(original, own.x, own.y, epochs=5, learning_rate=1e-3)
     assert_still_useful(original, attacked)
     assert accused(issued, attacks.to_tflite(attacked)) == ["alice"]
@@ -75,12 +75,12 @@ def test_the_untouched_leak_and_an_unissued_model_are_told_apart(issued):
 
 
 def _stranger_data():
-    data = userdata.for_user("stranger").train
+    data = simulated.digits_user("stranger").train
     return data.x, data.y
 
 
 def _base_kernels(issued) -> list[np.ndarray]:
-    return base.load_kernels(issued.ports.models, "digits-mlp-v1")
+    return [layer.kernel for layer in base.load(issued.ports.models, "digits-mlp-v2").layers]
 
 
 @pytest.mark.parametrize("form", ["keras", "savedmodel"])

@@ -19,14 +19,14 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from functions import userdata
+from iml import simulated
 from iml import device as devices
 from iml import devstack
 from functions.chain import STEPS
 from iml.devstack import Stack, talking_to
 from infra.bootstrap import build_ports
 from infra.envelope import open_sealed_bytes
-from tests.helpers import make_signup, require, verify_model
+from tests.helpers import TEST_USERS, make_signup, require, verify_model
 
 TTL_MINUTES = 1
 LEASE_SECONDS = 20
@@ -60,7 +60,7 @@ class Inbox:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, base_models_dir):
+def stack(tmp_path_factory, base_models_dir, user_data_dir):
     require(shutil.which("gcloud") is not None and shutil.which("java") is not None,
             "the Pub/Sub emulator (gcloud, Java)", "install the Google Cloud CLI with its pubsub-emulator component")
     folder = tmp_path_factory.mktemp("dev-stack")
@@ -69,6 +69,8 @@ def stack(tmp_path_factory, base_models_dir):
     started = devstack.up(folder, "iml-test", env_overrides=overrides, say=lambda line: None,
                           base_models=base_models_dir)
     try:
+        for user in TEST_USERS:  # the app backend's part: each user's data in the user-data bucket
+            devstack.upload_user_data(started, user, "data.npz", (user_data_dir / user / "data.npz").read_bytes())
         yield started
     finally:
         devstack.down(folder, say=lambda line: None)
@@ -120,7 +122,7 @@ def test_three_users_get_their_models_through_signed_urls(stack, inbox, keys):
         assert response.status_code == 200
         header, tflite = open_sealed_bytes(response.content, keys[signup.user_id],
                                            expected_user_id=signup.user_id, expected_model_id=signup.model_id)
-        held_out = userdata.for_user(signup.user_id).held_out
+        held_out = simulated.digits_user(signup.user_id).held_out
         assert devices.accuracy(tflite, held_out.x, held_out.y) > 0.85
         with talking_to(stack):
             verdict = verify_model(tflite, ports)

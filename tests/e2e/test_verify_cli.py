@@ -47,11 +47,11 @@ def test_the_command_line_answers_every_crafted_file_with_a_verdict_or_exit_2(cr
 ])
 def test_the_reviewers_frame_accuses_no_innocent(crowd, tmp_path, variant):
     """A silenced neuron with 1e6 incoming and +-1e36 outgoing weights once accused innocents with z = inf."""
-    from functions import userdata
+    from iml import simulated
 
     original = attacks.Weights(*_weights(crowd.source))
     framed = attacks.frame(original, **variant)
-    held_out = userdata.for_user(SOURCE).held_out
+    held_out = simulated.digits_user(SOURCE).held_out
     assert abs(framed.accuracy(held_out.x, held_out.y) - original.accuracy(held_out.x, held_out.y)) < 0.01
     path = tmp_path / "framed.tflite"
     path.write_bytes(attacks.to_tflite(framed))
@@ -83,7 +83,7 @@ def test_a_weight_far_beyond_any_descendant_exits_2(crowd, tmp_path):
     path = tmp_path / "far.tflite"
     path.write_bytes(attacks.mutate_tflite(crowd.source, [Mutation("set", 2, 7, 1e30)]))
     code, result = verify_cli(crowd, path)
-    assert code == 2 and "dense layer 3: a weight lies" in result.stderr and "base spreads" in result.stderr
+    assert code == 2 and "layer 'classes': a weight lies" in result.stderr and "base spreads" in result.stderr
 
 
 def test_a_genuine_leak_reports_log10_p_and_never_p_zero(crowd, tmp_path):

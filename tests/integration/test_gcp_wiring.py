@@ -15,11 +15,10 @@ from functions.runner import Outcome, run_step
 from infra.bootstrap import build_ports
 from infra.envelope import open_sealed_bytes
 from infra.gcs_storage import GcsBlobStore
-from infra.settings import Settings, SettingsError
+from infra.settings import BUCKETS, ROLES, Settings, SettingsError
 from tests.helpers import (admit_in_process, at_once, gcs_emulator, make_signup, pubsub_emulator, run_step_in_process,
                            watermarked_event)
 
-ROLES = ("staging", "delivery", "models", "evidence", "state")
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +36,7 @@ def cloud(emulators, monkeypatch, tmp_path) -> dict[str, str]:
     project = f"iml-{uuid.uuid4().hex[:8]}"
     env = {"IML_BACKEND": "gcp", "IML_PROJECT": project, "IML_WORKDIR": str(tmp_path),
            "STORAGE_EMULATOR_HOST": gcs, "PUBSUB_EMULATOR_HOST": pubsub}
-    env |= {f"IML_{role.upper()}_BUCKET": f"{project}-{role}" for role in ROLES}
+    env |= {variable: f"{project}-{role}" for role, variable in BUCKETS.items()}
     client = storage.Client(project=project, credentials=AnonymousCredentials())
     for role in ROLES:
         client.create_bucket(f"{project}-{role}")

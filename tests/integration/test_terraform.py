@@ -129,7 +129,7 @@ def test_every_bucket_is_uniform_private_and_customer_key_encrypted(tf):
 def test_staging_and_delivery_keep_no_backup_and_expire_by_lifecycle_as_a_backstop(tf):
     pipeline = resources(tf, "google_storage_bucket")["pipeline"]
     roles = tf["locals"]["pipeline_buckets"]
-    assert {"staging", "delivery", "models", "state"} == set(roles)
+    assert {"staging", "delivery", "models", "state", "user-data"} == set(roles)
     assert pipeline["for_each"] == "${local.pipeline_buckets}"
     assert block(pipeline, "versioning")["enabled"] is False
     assert block(pipeline, "soft_delete_policy")["retention_duration_seconds"] == 0
@@ -143,6 +143,7 @@ def test_staging_and_delivery_keep_no_backup_and_expire_by_lifecycle_as_a_backst
         # a day: longer than any TTL the variables allow
         assert roles[role]["delete_after"] == [{"days": 1, "prefixes": None}]
     assert roles["models"]["delete_after"] == []
+    assert roles["user-data"]["delete_after"] == [{"days": "${var.user_data_retention_days}", "prefixes": None}]
 
 
 def test_the_runners_records_outlive_every_redelivery_and_slots_their_period(tf):
@@ -331,6 +332,7 @@ def test_variable_defaults_match_the_code_defaults(tf):
     assert variables["user_limit_period_hours"] * 3600 == defaults.user_limit_period.total_seconds()
     assert variables["watermark_strength"] == defaults.watermark_strength
     assert variables["name_prefix"] == defaults.topic_prefix
+    assert variables["recipe"] == defaults.recipe
 
 
 def test_only_the_push_identity_invokes_the_functions(tf):
@@ -357,11 +359,37 @@ def test_nobody_but_expire_deletes_delivered_objects_and_only_encrypt_delivers(t
     assert not any(DELETES & set(buckets.get("evidence", [])) for buckets in roles.values())
 
 
+def test_only_generate_reads_users_data_which_the_app_backend_writes_and_cannot_read_back(tf):
+    roles = tf["locals"]["bucket_roles"]
+    readers = {step for step, buckets in roles.items() if buckets.get("user-data")}
+    assert readers == {"generate", "expire"}
+    assert roles["generate"]["user-data"] == ["roles/storage.objectViewer"]
+    assert roles["expire"]["user-data"] == ["${local.object_deleter_role}"]  # a user's deletion
+    deleter = resources(tf, "google_project_iam_custom_role")["object_deleter"]
+    assert sorted(deleter["permissions"]) == ["storage.objects.delete", "storage.objects.list"]  # no get: no read
+    app = resources(tf, "google_storage_bucket_iam_member")["app_writes_user_data"]
+    assert (app["bucket"], app["role"]) == ('${local.bucket_names["user-data"]}', "roles/storage.objectCreator")
+
+
+def test_the_confidential_base_models_are_read_by_generate_watermark_the_verifier_and_publishers_only(tf):
+    roles = tf["locals"]["bucket_roles"]
+    assert {step for step, buckets in roles.items() if buckets.get("models")} == {"generate", "watermark"}
+    assert not any(WRITES & set(buckets.get("models", [])) for buckets in roles.values())  # never trained here
+    members = resources(tf, "google_storage_bucket_iam_member")
+    assert "models" in members["verifier_reads"]["for_each"] and "evidence" in members["verifier_reads"]["for_each"]
+    assert "var.base_publisher_members" in members["base_publishers"]["for_each"]
+    assert members["base_publishers"]["bucket"] == '${local.bucket_names["models"]}'
+    granted = {body.get("bucket") for body in members.values()}
+    assert granted == {'${local.bucket_names[each.value.target]}', '${local.bucket_names[each.value.bucket]}',
+                       '${local.bucket_names["user-data"]}', '${local.bucket_names["models"]}',
+                       "${google_storage_bucket.sources.name}"}
+
+
 def test_only_generate_and_watermark_may_use_the_fingerprint_secret(tf):
     keys = tf["locals"]["key_roles"]
     assert set(keys) == set(STEPS)
     users = {step for step, granted in keys.items() if granted.get("fingerprint")}
-    assert users and users <= {"generate", "watermark"}
+    assert users == {"generate", "watermark"}  # the fine-tune's secret seed, the codeword
     signers = {step for step, granted in keys.items() if granted.get("ledger")}
     assert signers == {"encrypt", "expire"}
 

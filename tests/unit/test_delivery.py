@@ -3,7 +3,6 @@ a claim behind, and the same message delivered from several threads and processe
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
@@ -20,7 +19,7 @@ from infra.bootstrap import Ports, local_ports
 from infra.errors import RequestLimitExceeded, TransientError
 from infra.ledger import Ledger
 from infra.settings import Settings
-from tests.helpers import (admit_in_process, at_once, make_signup, on_threads, run_step_in_process,
+from tests.helpers import (with_base_and_data, admit_in_process, at_once, make_signup, on_threads, run_step_in_process,
                            watermarked_event)
 
 
@@ -186,9 +185,9 @@ def test_a_delivery_that_finds_a_live_claim_neither_runs_nor_dead_letters(ports)
 
 @pytest.mark.parametrize("what, name", [("bus.publish", "iml-watermarked"), ("state.put", "done/watermark/")])
 def test_a_failure_after_watermarking_neither_loses_nor_remakes_the_model(what, name, tmp_path, clock,
-                                                                          base_models_dir):
+                                                                          base_models_dir, user_data_dir):
     """The failure that used to lose a model: watermark deleted its input before its output went out."""
-    shutil.copytree(base_models_dir, tmp_path / "work" / "buckets" / "models")
+    with_base_and_data(tmp_path / "work", base_models_dir, user_data_dir)
     ports = local_ports(Settings(workdir=tmp_path / "work"), clock)
     signup = make_signup("alice", "req-1")
     faults = Faults(error=TransientError("injected"),

@@ -12,6 +12,7 @@ from watermark.codeword import expand
 from watermark.detect import (Residual, format_p, log10_p_value, log10_threshold, representable, z_scores,
                               z_threshold)
 from watermark.errors import ImplausibleWeights, ScoringError
+from tests.helpers import dense_base
 
 RNG = np.random.default_rng(11)
 
@@ -81,14 +82,15 @@ def test_an_empty_residual_scores_zero():
 
 
 def test_a_residual_beyond_the_bound_is_refused_naming_its_layer():
-    base = [RNG.normal(0, 0.1, (8, 4)), RNG.normal(0, 0.1, (4, 2))]
-    assert Residual.of([base[0] + 0.01, base[1]], base).units.any()
-    far = [base[0].copy(), base[1].copy()]
+    kernels = [RNG.normal(0, 0.1, (8, 4)), RNG.normal(0, 0.1, (4, 2))]
+    base = dense_base(kernels)
+    assert Residual.of([kernels[0] + 0.01, kernels[1]], base).units.any()
+    far = [kernels[0].copy(), kernels[1].copy()]
     far[1][0, 0] = 1e36
-    with pytest.raises(ImplausibleWeights, match="dense layer 2: a weight lies .* base spreads"):
+    with pytest.raises(ImplausibleWeights, match="layer 'dense_2': a weight lies .* base spreads"):
         Residual.of(far, base)
     far[1][0, 0] = np.nan
-    with pytest.raises(ImplausibleWeights, match="dense layer 2"):
+    with pytest.raises(ImplausibleWeights, match="layer 'dense_2'"):
         Residual.of(far, base)
     with pytest.raises(ScoringError):
         Residual.of_vector(np.array([2.0]), 1.0)

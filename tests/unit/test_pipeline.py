@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from functions import userdata
+from iml import simulated
 from functions.events import Ready
 from functions.chain import STEPS
 from functions.runner import Outcome, run_step, subscribe_steps
@@ -43,7 +43,7 @@ def test_a_signup_becomes_a_sealed_fingerprinted_model_for_that_device(trained_p
     (ready,) = _ready(ports)
     sealed = fetch_local_url(ready.download_url, ports.clock())
     header, tflite = open_sealed_bytes(sealed, key, expected_user_id="alice", expected_model_id=ready.model_id)
-    held_out = userdata.for_user("alice").held_out
+    held_out = simulated.digits_user("alice").held_out
     assert devices.accuracy(tflite, held_out.x, held_out.y) > 0.85
 
     (record,) = [e for e in ports.ledger.entries("issued")]
