@@ -75,12 +75,16 @@ def describe(recipe: Recipe, keras_model) -> PublishedBase:
 
 
 def load_model(recipe: Recipe, models: BlobStore):
-    """The recipe's published base model, for fine-tuning; BaseNotPublished when there is none, BaseInvalid when
-    what is published under its version was published for another recipe or model."""
+    """The recipe's published base model, for fine-tuning (never modified: fine-tuning copies its weights);
+    BaseNotPublished when there is none, BaseInvalid when what is published under its version was published
+    for another recipe or model. Kept in memory by content, so an instance reads the manifest per request and
+    the model once."""
     found = base.manifest(models, recipe.base_version)
     if found["recipe"] != recipe.name:
         raise BaseInvalid(f"base model {recipe.base_version!r} was published for recipe {found['recipe']!r}, not "
                           f"{recipe.name!r}: give the recipe its own base_version")
+    if found["model_sha256"] in _loaded:
+        return _loaded[found["model_sha256"]]
     model_bytes = _existing_model(models, recipe.base_version)
     if model_bytes is None or hashlib.sha256(model_bytes).hexdigest() != found["model_sha256"]:
         raise BaseInvalid(f"base model {recipe.base_version!r}: the model is not the one the manifest names")
@@ -88,7 +92,11 @@ def load_model(recipe: Recipe, models: BlobStore):
     if [w.shape for w in keras_model.get_weights()] != [w.shape for w in recipe.build().get_weights()]:
         raise BaseInvalid(f"base model {recipe.base_version!r} does not have the shapes of recipe {recipe.name!r}'s "
                           f"model: give a changed recipe a new base_version")
+    _loaded[found["model_sha256"]] = keras_model
     return keras_model
+
+
+_loaded: dict[str, object] = {}  # model SHA-256 -> the loaded base model
 
 
 def _of_recipe(recipe: Recipe, published: PublishedBase) -> PublishedBase:

@@ -17,7 +17,7 @@ from watermark.embed import embed
 def handle(event: ModelEvent, ports: Ports) -> list[ModelEvent]:
     recipe = recipes.load(event.recipe)
     published = base.load(ports.models, event.base_model_version)
-    tuned, held_out_x, held_out_y = model.unpack_tuned(get_staged(ports.staging, ports.kms, event.artifact))
+    tuned, held_out_x, held_out_y = model.unpack_tuned(recipe, get_staged(ports.staging, ports.kms, event.artifact))
     held_out = recipes.Split(held_out_x, held_out_y)
     accuracy_before = recipe.evaluate(tuned, held_out)
     key_id = ports.kms.fingerprint_key_id  # recorded below: the verifier derives the codeword under this version
