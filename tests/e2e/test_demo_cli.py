@@ -221,3 +221,36 @@ def test_verify_refuses_another_architecture_and_an_empty_ledger(demo, tmp_path)
                              cwd=ROOT, capture_output=True, text=True, timeout=120,
                              env={**os.environ, "IML_WORKDIR": str(workdir)})
     assert env_run.returncode == 2 and "holds no record of an issued model" in env_run.stderr
+
+
+def test_the_demo_trains_on_data_the_person_brings_and_each_model_beats_the_base(tmp_path, base_models_dir):
+    """`iml demo --user-data DIR`: one DIR/<user_id>.npz per user, written as docs/recipes.md says."""
+    from iml import simulated
+
+    brought = tmp_path / "brought"
+    brought.mkdir()
+    for user in ("ana", "ben"):
+        data = simulated.digits_user(f"writer-{user}")
+        np.savez(brought / f"{user}.npz", x=data.train.x, y=data.train.y, x_eval=data.held_out.x,
+                 y_eval=data.held_out.y)
+    (brought / "notes.txt").write_text("not a user")  # ignored: only <user_id>.npz files are users
+    workdir = tmp_path / "work"
+    shutil.copytree(base_models_dir, workdir / "buckets" / "models")
+    done = iml("demo", "--user-data", str(brought), "--workdir", str(workdir), "--json")
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert [u["user_id"] for u in report["users"]] == ["ana", "ben"]
+    for user in report["users"]:
+        assert user["accuracy_on_device"] > user["accuracy_base_model"] + 0.05
+    assert (workdir / "buckets" / "user-data" / "ana" / "data.npz").exists()
+
+
+def test_the_demo_refuses_a_brought_file_that_does_not_fit_the_recipe_naming_the_problem(tmp_path, base_models_dir):
+    brought = tmp_path / "brought"
+    brought.mkdir()
+    np.savez(brought / "ana.npz", x=np.zeros((40, 8, 8), np.float32), y=np.zeros(40, np.int64))
+    workdir = tmp_path / "work"
+    shutil.copytree(base_models_dir, workdir / "buckets" / "models")
+    done = iml("demo", "--user-data", str(brought), "--workdir", str(workdir))
+    assert done.returncode == 2 and "recipe 'digits-mlp' needs (samples, 64)" in done.stderr
+    assert "Traceback" not in done.stderr
