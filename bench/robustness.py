@@ -4,9 +4,9 @@
 
 Issues models to --users users of the recipe through the real pipeline (embedded adapters; the recipe's base
 model published first, each user's data in the user-data bucket) and prints what the fingerprint costs on their
-held-out data (median and maximum). For the Dense recipe (digits-mlp) it then adds to each the anchor's mark
-(watermark/research/baseline.py: Uchida-style, per-user key, 256 bits, in the first layer), then attacks each user's
-model. Both detectors judge the same attacked file: ours (aligned, informed, accusing at alpha / M) and the
+held-out data (median and maximum). It then adds to each the anchor's mark (watermark/research/baseline.py:
+Uchida-style, per-user key, 256 bits, in the kernel with the most weights: digits-mlp's first), then attacks each user's model (any recipe: the attacks
+edit Dense and convolution kernels alike, watermark/research/attacks.py). Both detectors judge the same attacked file: ours (aligned, informed, accusing at alpha / M) and the
 anchor's (sign extraction, binomial tail, accusing at the same alpha / M). Per attack: the attacked accuracy on the user's held-out data; whether it stays within 5
 points (only then does the attack count); the true user's rank and p-value; whether the true user was accused
 at alpha 1e-9; how many innocents were. Collusion: groups of k users pooling their models. Null trials: every
@@ -58,7 +58,7 @@ from watermark.verify import verify  # noqa: E402
 TIER = 0.05
 
 
-def held(user: str, recipe: str = "digits-mlp") -> tuple[np.ndarray, np.ndarray]:
+def held(user: str, recipe: str) -> tuple[np.ndarray, np.ndarray]:
     data = simulated.user_data(recipe, user).held_out
     return data.x, data.y
 
@@ -74,28 +74,27 @@ def issue(users: int, workdir: Path, strength: float, recipe: str):
                           Signup(request_id="r1", user_id=user, device_public_key=public_key_b64(key),
                                  data_ref=f"{user}/data.npz").to_dict())
     ports.bus.drain()
-    models = {}
+    models, like = {}, recipes.load(recipe).build()
     for message in ports.bus.journal(ports.settings.topics.ready):
         ready = Ready.parse(message)
         tflite = open_sealed_bytes(fetch_local_url(ready.download_url, ports.clock()), keys[ready.user_id])[1]
-        read = read_tflite(tflite)
-        models[ready.user_id] = Weights(read.kernels, read.biases) if set(read.layer_kinds) == {"dense"} else tflite
+        models[ready.user_id] = Weights.of(read_tflite(tflite), like)
     return ports, models
 
 
-def weight_attacks(rng: np.random.Generator):
+def weight_attacks(rng: np.random.Generator, recipe: str):
     """(family, strength, attack(weights, user) -> Weights | bytes)."""
+    def own(user: str):  # the strongest thief: the user, leaking their own model, with their own data
+        return simulated.user_data(recipe, user).train
+
     def fine(epochs, rate):
-        def attack(w, user):  # the strongest thief: the user, leaking their own model, with their own data
-            own = simulated.digits_user(user).train
-            return attacks.fine_tune(w, own.x, own.y, epochs, rate)
-        return attack
+        return lambda w, user: attacks.fine_tune(w, own(user).x, own(user).y, epochs, rate)
 
     table = [("none", "-", lambda w, u: w)]
     table += [("noise", f"sigma {s}", lambda w, u, s=s: attacks.gaussian_noise(w, s, rng)) for s in (0.1, 0.3, 0.5, 1.0)]
     table += [("prune", f"{int(f * 100)}%", lambda w, u, f=f: attacks.magnitude_prune(w, f))
               for f in (0.1, 0.3, 0.5, 0.7, 0.9)]
-    table += [("tflite", q, lambda w, u, q=q: attacks.to_tflite(w, q, simulated.digits_user(u).train.x[:100]))
+    table += [("tflite", q, lambda w, u, q=q: attacks.to_tflite(w, q, own(u).x[:100]))
               for q in ("float16", "dynamic", "int8")]
     table += [("fine-tune", f"{e} ep, lr {r}", fine(e, r)) for e in (1, 5, 20) for r in (1e-3, 1e-2)]
     table += [("weight shift", f"{f} sd", lambda w, u, f=f: attacks.weight_shift(w, f)) for f in (0.05, 0.1, 0.2)]
@@ -105,11 +104,13 @@ def weight_attacks(rng: np.random.Generator):
     return table
 
 
-def as_weights(result) -> tuple[Weights, ReadModel]:
+def as_weights(result, original: Weights) -> tuple[Weights, ReadModel]:
+    """An attack's result (weights, or a TFLite file in the original's architecture) and what the verifier
+    reads of it."""
     if isinstance(result, bytes):
         read = read_tflite(result)
-        return Weights(read.kernels, read.biases), read
-    return result, ReadModel("weights", result.kernels, result.biases)
+        return Weights.of(read, attacks.to_keras(original)), read
+    return result, result.read()
 
 
 def main() -> None:
@@ -131,18 +132,18 @@ def main() -> None:
     costs = [r.accuracy_unwatermarked - r.accuracy_watermarked for r in records]
     print(f"our fingerprint (strength {args.strength}) costs {100 * statistics.median(costs):.2f} accuracy points "
           f"median, {100 * max(costs):.2f} at most, over {len(costs)} users of {args.recipe}", file=sys.stderr)
-    if args.recipe != "digits-mlp":  # the attacks below edit a Dense network's weights (watermark/research)
-        conv_attacks(ports, issued, args.recipe)
-        return
-    marks = {user: UchidaMark(user, w.kernels[0].size) for user, w in issued.items()}
-    models = {user: Weights([marks[user].embed(w.kernels[0])] + w.kernels[1:], w.biases)
+    first = next(iter(issued.values()))
+    anchored = max(range(len(first.kernels)), key=lambda layer: first.kernels[layer].size)  # room for 256 bits
+    marks = {user: UchidaMark(user, w.kernels[anchored].size) for user, w in issued.items()}
+    models = {user: w.with_arrays([marks[user].embed(k) if layer == anchored else k
+                                   for layer, k in enumerate(w.kernels)], w.biases)
               for user, w in issued.items()}
     baseline_threshold = 1e-9 / len(models)
 
     def anchor_accuses(attacked: Weights) -> set[str]:
-        return {u for u, mark in marks.items() if mark.p_value(attacked.kernels[0]) <= baseline_threshold}
+        return {u for u, mark in marks.items() if mark.p_value(attacked.kernels[anchored]) <= baseline_threshold}
 
-    fidelity = [issued[u].accuracy(*held(u)) - models[u].accuracy(*held(u)) for u in models]
+    fidelity = [issued[u].accuracy(*held(u, args.recipe)) - models[u].accuracy(*held(u, args.recipe)) for u in models]
     print(f"the anchor's mark costs {100 * statistics.mean(fidelity):.2f} accuracy points on average",
           file=sys.stderr)
 
@@ -151,10 +152,10 @@ def main() -> None:
 
     rows = defaultdict(list)
     for user, original in models.items():
-        x, y = held(user)
+        x, y = held(user, args.recipe)
         baseline = original.accuracy(x, y)
-        for family, strength, attack in weight_attacks(rng):
-            attacked, read = as_weights(attack(original, user))
+        for family, strength, attack in weight_attacks(rng, args.recipe):
+            attacked, read = as_weights(attack(original, user), original)
             accuracy = attacked.accuracy(x, y)
             verdict = judge(read)
             ranked = [c.user_id for c in verdict.candidates]
@@ -169,7 +170,7 @@ def main() -> None:
             })
         print(f"attacked {user}", file=sys.stderr)
 
-    table = Table(title=f"Fingerprint robustness: {len(models)} users, alpha 1e-9 (an attack counts within "
+    table = Table(title=f"Fingerprint robustness, {args.recipe}: {len(models)} users, alpha 1e-9 (an attack counts within "
                         f"{int(TIER * 100)} points)")
     for column in ("attack", "strength", "acc. drop (mean)", "counted", "right user accused", "median rank",
                    "median log10 p (true user)", "innocents accused", "anchor: right accused", "anchor: innocents"):
@@ -198,9 +199,9 @@ def main() -> None:
             for _ in range(5):
                 group = list(rng.choice(users, size=k, replace=False))
                 pooled = attacks.collude([models[u] for u in group], how, rng)
-                x, y = held(group[0])
+                x, y = held(group[0], args.recipe)
                 drops.append(models[group[0]].accuracy(x, y) - pooled.accuracy(x, y))
-                accused = set(judge(ReadModel("weights", pooled.kernels, pooled.biases)).accused)
+                accused = set(judge(pooled.read()).accused)
                 some += bool(accused & set(group))
                 every += set(group) <= accused
                 innocents += len(accused - set(group))
@@ -211,27 +212,29 @@ def main() -> None:
                               str(innocents), f"{anchor_some}/5", str(anchor_innocents))
     Console(width=160).print(collusion)
 
-    null_trials(ports, models, args.out, rng)
+    null_trials(ports, models, args.recipe, args.out, rng)
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-def null_trials(ports, models: dict[str, Weights], out: Path, rng: np.random.Generator) -> None:
+def null_trials(ports, models: dict[str, Weights], recipe_name: str, out: Path, rng: np.random.Generator) -> None:
     """z of codewords that were never embedded in the file: innocent by construction."""
     from functions import model as tf_model
 
-    recipe = recipes.load("digits-mlp")
-    base = [layer.kernel for layer in published_base.load(ports.models, recipe.base_version).layers]
+    recipe = recipes.load(recipe_name)
+    published = published_base.load(ports.models, recipe.base_version)
+    base, kinds = [layer.kernel for layer in published.layers], [layer.kind for layer in published.layers]
     per_model = max(1, math.ceil(10_000 / len(models)))
     null_z = []
     for weights in models.values():
-        residual = Residual.of(align(weights.kernels, base).kernels, published_base.load(ports.models,
-                                                                                         recipe.base_version))
-        null_z.append(z_scores(residual, [rng.bytes(32) for _ in range(per_model)], workers=1))
+        aligned = align(weights.kernels, base, suspect_kinds=weights.kinds, base_kinds=kinds).kernels
+        null_z.append(z_scores(Residual.of(aligned, published), [rng.bytes(32) for _ in range(per_model)],
+                               workers=1))
     null_z = np.concatenate(null_z)
     other_seed = tf_model.train_base(recipe, seed=99)  # never issued
-    never = {"base model": ReadModel("weights", base, [np.zeros(k.shape[1]) for k in base]),
+    biases = [np.zeros(k.shape[-1]) for k in base]
+    never = {"base model": ReadModel("weights", base, biases, kinds),
              "model from another seed": ReadModel("weights", [k for _, _, k in tf_model.weight_layers(other_seed)],
-                                                  [np.zeros(k.shape[1]) for k in base])}
+                                                  biases, kinds)}
     accusations = {name: verify(read, "-", ports.ledger, ports.kms, ports.models).accused
                    for name, read in never.items()}
     threshold_z = z_threshold(log10_threshold(len(models), 1e-9))
@@ -243,65 +246,6 @@ def null_trials(ports, models: dict[str, Weights], out: Path, rng: np.random.Gen
         print(f"never issued, {name}: accused {accused or 'nobody'}")
     np.save(out / "null-scores.npy", null_z)
     plot(null_z, out / "null-scores.png")
-
-
-def conv_attacks(ports, issued: dict[str, bytes], recipe_name: str) -> None:
-    """The attacks that apply to any recipe's TFLite file: quantization, and the user's own fine-tuning;
-    each judged by the verifier as a leaked file would be."""
-    import keras
-    import tensorflow as tf
-
-    recipe = recipes.load(recipe_name)
-    table = Table(title=f"{recipe_name}: attacks on {len(issued)} issued TFLite files, alpha 1e-9")
-    for column in ("attack", "acc. drop (mean)", "counted", "right user accused", "median log10 p", "innocents"):
-        table.add_column(column, justify="left" if column == "attack" else "right")
-
-    def as_keras(data: bytes):
-        model = recipe.build()
-        read = read_tflite(data)
-        layers = [layer for layer in model.layers if layer.weights]
-        model.set_weights([a for k, b, layer in zip(read.kernels, read.biases, layers)
-                           for a in (k.reshape(layer.kernel.shape).astype(np.float32), b.astype(np.float32))])
-        return model
-
-    def quantized(model, how: str, user: str) -> bytes:
-        converter = tf.lite.TFLiteConverter.from_keras_model(model)
-        if how == "float16":
-            converter.optimizations, converter.target_spec.supported_types = [tf.lite.Optimize.DEFAULT], [tf.float16]
-        elif how in ("dynamic", "int8"):
-            converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if how == "int8":
-            probe = simulated.user_data(recipe_name, user).train.x[:100]
-            converter.representative_dataset = lambda: ([x[None]] for x in probe)
-        return converter.convert()
-
-    def fine_tuned(model, user: str, epochs: int, rate: float) -> bytes:
-        own = simulated.user_data(recipe_name, user).train
-        model.compile(keras.optimizers.Adam(rate), "sparse_categorical_crossentropy")
-        model.fit(own.x, own.y, epochs=epochs, batch_size=32, verbose=0)
-        return recipe.export(model)
-
-    attacks_ = [("none", lambda m, u: recipe.export(m))]
-    attacks_ += [(f"tflite {q}", lambda m, u, q=q: quantized(m, q, u)) for q in ("float16", "dynamic", "int8")]
-    attacks_ += [(f"fine-tune {e} ep, lr {r}", lambda m, u, e=e, r=r: fine_tuned(m, u, e, r))
-                 for e in (5, 20) for r in (1e-3, 1e-2)]
-    for name, attack in attacks_:
-        drops, right, logs_p, innocents = [], 0, [], 0
-        for user, data in issued.items():
-            x, y = held(user, recipe_name)
-            before = float(np.mean(np.argmax(as_keras(data)(x).numpy(), 1) == y))
-            attacked = attack(as_keras(data), user)
-            after = float(np.mean(np.argmax(as_keras(attacked)(x).numpy(), 1) == y))
-            verdict = verify(read_tflite(attacked), "-", ports.ledger, ports.kms, ports.models, top=len(issued))
-            true = next((c for c in verdict.candidates if c.user_id == user), None)
-            drops.append(before - after)
-            right += user in verdict.accused
-            logs_p.append(true.log10_p_value if true else 0.0)
-            innocents += len([a for a in verdict.accused if a != user])
-        counted = sum(d <= TIER for d in drops)
-        table.add_row(name, f"{100 * statistics.mean(drops):.1f} pts", f"{counted}/{len(drops)}",
-                      f"{right}/{len(drops)}", f"{statistics.median(logs_p):.1f}", str(innocents))
-    Console(width=160).print(table)
 
 
 def plot(null_z: np.ndarray, path: Path) -> None:

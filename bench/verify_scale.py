@@ -3,8 +3,9 @@
     python bench/verify_scale.py [--models 1000000] [--naive 20000]
 
 What it times is the verifier's ranking: each model's codeword seed from the fingerprint key (HMAC through the
-KMS port, here the local key file), its codeword, and its score against a suspect's residual of the real
-size (12,608 weights, as exact integers), on every core. Reading a million ledger objects from a bucket and checking the
+KMS port, here the local key file), its codeword, and its score against a suspect's residual of 12,608
+weights as exact integers (the digits model's codeword when this was first measured; it is 12,288 now, and
+a base carries at most 65,536), on every core. Reading a million ledger objects from a bucket and checking the
 signatures of the few candidates shown are not in it. The naive loop (expand each codeword to +-1 and take a
 dot product, one model at a time) runs on --naive models and is extrapolated; both are checked to agree.
 The last line reads `ranked N models in S s`.

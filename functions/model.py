@@ -67,10 +67,37 @@ def weight_layers(model: keras.Model) -> list[tuple[str, str, np.ndarray]]:
     return found
 
 
-def set_kernels(model: keras.Model, kernels: dict[str, np.ndarray]) -> None:
-    """Replace the kernels of the named layers."""
-    for name, kernel in kernels.items():
-        model.get_layer(name).kernel.assign(kernel)
+def set_kernels(model: keras.Model, kernels: dict[str, np.ndarray], keep_means_on: np.ndarray | None = None) -> None:
+    """Replace the kernels of the named layers.
+
+    With `keep_means_on` (model inputs), each changed layer's bias is also moved so that the layer's average
+    pre-activation over those inputs stays what it was, given the changes to the layers before it. The
+    fingerprint's signs are zero-mean, but a layer's inputs are not (pixels, ReLU outputs): left alone, the
+    change shifts every neuron's average, and that shift is most of what the mark costs. The kernels stay exactly
+    as given (the verifier reads kernels, never biases); a layer without a bias keeps its shift."""
+    changed = [layer for layer in model.layers if layer.name in kernels]  # input to output
+    kept = keep_means_on is not None
+    before = {layer.name: _mean_product(model, layer, layer.kernel.numpy(), keep_means_on)
+              for layer in changed if kept and layer.use_bias}
+    for layer in changed:
+        kernel = np.asarray(kernels[layer.name], dtype=np.float32)
+        if layer.name in before:  # its inputs already hold the earlier layers' changes
+            after = _mean_product(model, layer, kernel, keep_means_on)
+            layer.bias.assign(layer.bias.numpy() + before[layer.name] - after)
+        layer.kernel.assign(kernel)
+
+
+def _mean_product(model: keras.Model, layer, kernel: np.ndarray, inputs: np.ndarray) -> np.ndarray:
+    """Per output channel, the average over `inputs` (and positions, for a convolution) of `layer`'s
+    pre-activation without its bias, were its kernel `kernel`: the same layer, linear and bias-free."""
+    seen = keras.Model(model.inputs[0], layer.input)(inputs.astype(np.float32), training=False)
+    config = {**layer.get_config(), "activation": None, "use_bias": False}
+    config.pop("name", None)
+    linear = type(layer).from_config(config)
+    linear.build(seen.shape)
+    linear.set_weights([kernel])
+    product = np.asarray(linear(seen), dtype=np.float64)
+    return product.reshape(-1, product.shape[-1]).mean(axis=0).astype(np.float32)
 
 
 def to_keras_bytes(model: keras.Model) -> bytes:

@@ -17,7 +17,7 @@ from functions.runner import StepResult, subscribe_steps
 from infra.bootstrap import MovableClock, Ports, local_ports
 from infra.ledger import IssuedModel
 from infra.settings import Settings
-from tests.helpers import CROWD_SIZE, FACTS, PUBLISHED_AT, TEST_USERS, issue_models, with_base_and_data
+from tests.helpers import CROWD_SIZE, DIGITS_BASE, FACTS, PUBLISHED_AT, TEST_USERS, issue_models, with_base_and_data
 
 TIERS = ("unit", "integration", "e2e")
 
@@ -129,7 +129,7 @@ def crowd(issued, tmp_path_factory) -> Crowd:
     for i in range(CROWD_SIZE):
         ports.ledger.issue(IssuedModel(
             model_id=f"m-crowd-{i:04d}", user_id=f"crowd-{i:04d}", request_id=f"r-{i}",
-            base_model_version="digits-mlp-v2", recipe="digits-mlp", **{**FACTS, "fingerprint_key_id": ports.kms.fingerprint_key_id},
+            base_model_version=DIGITS_BASE, recipe="digits-mlp", **{**FACTS, "fingerprint_key_id": ports.kms.fingerprint_key_id},
             plaintext_sha256="0" * 64, device_key_sha256="0" * 64, sealed_sha256="0" * 64,
             delivery_object=f"m-crowd-{i:04d}.iml"), ports.clock())
     return Crowd(workdir, ports, issued.tflite["alice"])

@@ -184,8 +184,7 @@ def verify(
         weak_alignment += [f"alignment to {version} matched {found} of {total} base neurons of hidden layer {layer}"
                            for layer, (found, total) in enumerate(aligned.matched, start=1)
                            if found < MIN_MATCHED_SHARE * total]
-        carriers = [kernel for kernel, layer in zip(aligned.kernels, published.layers) if layer.carrier]
-        residual = Residual.of(carriers, published)
+        residual = Residual.of(aligned.kernels, published)
         seeds, group = _codeword_seeds(kms, group, excluded)
         scored += zip(z_scores(residual, seeds, progress=progress).tolist(), group)
     if not scored:

@@ -26,7 +26,8 @@ def handle(event: ModelEvent, ports: Ports) -> list[ModelEvent]:
     carriers = [kernels[layer.name] for layer in published.carriers]
     strength = ports.settings.watermark_strength
     marked = embed(carriers, published, codeword, strength)
-    model.set_kernels(tuned, {layer.name: kernel for layer, kernel in zip(published.carriers, marked)})
+    model.set_kernels(tuned, {layer.name: kernel for layer, kernel in zip(published.carriers, marked)},
+                      keep_means_on=published.probe)
     accuracy_after = recipe.evaluate(tuned, held_out)
     exported = recipe.export(tuned)
     artifact = names.watermarked_model(event.model_id)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from iml import simulated
-from tests.helpers import verify_model
+from tests.helpers import DIGITS_BASE, verify_model
 from watermark import base
 from watermark.reader import read_tflite
 from watermark.research import attacks
@@ -80,7 +80,7 @@ def _stranger_data():
 
 
 def _base_kernels(issued) -> list[np.ndarray]:
-    return [layer.kernel for layer in base.load(issued.ports.models, "digits-mlp-v2").layers]
+    return [layer.kernel for layer in base.load(issued.ports.models, DIGITS_BASE).layers]
 
 
 @pytest.mark.parametrize("form", ["keras", "savedmodel"])

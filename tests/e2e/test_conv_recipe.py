@@ -11,7 +11,9 @@ import pytest
 from iml import simulated
 from infra.bootstrap import MovableClock, Ports, local_ports
 from infra.settings import Settings
-from tests.helpers import PUBLISHED_AT, issue_models, verify_model
+from tests.helpers import DIGITS_BASE, PUBLISHED_AT, issue_models, verify_model
+from watermark.research import attacks
+from watermark.research.attacks import Weights
 
 USERS = ("user-001", "user-002", "user-003")  # people 7, 8 and 9 of the data set: the base model never saw them
 
@@ -36,52 +38,12 @@ def conv_issued(tmp_path_factory) -> ConvIssued:
     return ConvIssued(ports, tflite)
 
 
-def _keras(data: bytes):
-    """The issued TFLite file's weights back in a Keras model of the recipe (what a thief would edit)."""
+def _weights(data: bytes) -> Weights:
+    """The issued TFLite file's weights in the recipe's Keras shapes (what a thief would edit)."""
     from functions import recipes
     from watermark.reader import read_tflite
 
-    model = recipes.load("exercises-conv").build()
-    read = read_tflite(data)
-    weights = []
-    for kernel, bias, layer in zip(read.kernels, read.biases, [l for l in model.layers if l.weights]):
-        weights += [kernel.reshape(layer.kernel.shape).astype(np.float32), bias.astype(np.float32)]
-    model.set_weights(weights)
-    return model
-
-
-def _permute_and_scale_channels(model, rng: np.random.Generator):
-    """Shuffle conv_1's and conv_2's output channels and the hidden layer's neurons, each times a positive
-    factor, undoing it on the next layer: the function is unchanged (ReLU and max pooling commute with it)."""
-    conv_1, conv_2, hidden, classes = (model.get_layer(n) for n in ("conv_1", "conv_2", "hidden", "classes"))
-    w = {n: [a.copy() for a in model.get_layer(n).get_weights()] for n in ("conv_1", "conv_2", "hidden", "classes")}
-    for layer, follower in (("conv_1", "conv_2"), ("conv_2", "hidden"), ("hidden", "classes")):
-        kernel, bias = w[layer]
-        units = kernel.shape[-1]
-        order, scale = rng.permutation(units), rng.uniform(0.5, 2.0, units).astype(np.float32)
-        w[layer] = [kernel[..., order] * scale, bias[order] * scale]
-        nxt = w[follower][0]
-        if follower == "conv_2":  # (taps, in, out)
-            w[follower][0] = nxt[:, order, :] / scale[None, :, None]
-        elif follower == "hidden":  # flattened (time, channels) rows
-            rows = nxt.reshape(-1, units, nxt.shape[-1])
-            w[follower][0] = (rows[:, order, :] / scale[None, :, None]).reshape(nxt.shape)
-        else:
-            w[follower][0] = nxt[order, :] / scale[:, None]
-    for name, layer in (("conv_1", conv_1), ("conv_2", conv_2), ("hidden", hidden), ("classes", classes)):
-        layer.set_weights(w[name])
-    return model
-
-
-def _tflite(model, quantize: bool = False) -> bytes:
-    import tensorflow as tf
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    if quantize:  # full integer: per-channel int8 convolution weights
-        probe = simulated.exercises_user("user-004").train.x[:100]
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = lambda: ([x[None]] for x in probe)
-    return converter.convert()
+    return Weights.of(read_tflite(data), recipes.load("exercises-conv").build())
 
 
 def test_each_conv_model_names_its_user_and_a_model_never_issued_names_nobody(conv_issued):
@@ -97,13 +59,19 @@ def test_each_conv_model_names_its_user_and_a_model_never_issued_names_nobody(co
     assert verify_model(recipe.export(never), conv_issued.ports).accused == []
 
 
-def test_permuted_and_rescaled_channels_still_name_the_user(conv_issued):
+@pytest.mark.parametrize("edit", ["permuted and rescaled", "dummy channels added, permuted and rescaled"])
+def test_function_preserving_edits_of_the_channels_still_name_the_user(conv_issued, edit):
+    """Every hidden layer's channels (conv_1, conv_2) and neurons shuffled and scaled by positive factors, undone
+    on the next layer (ReLU and max pooling commute with both); or first widened by 30% silent channels."""
+    rng = np.random.default_rng(3)
     data = simulated.exercises_user("user-001").held_out
-    original = _keras(conv_issued.tflite["user-001"])
-    edited = _permute_and_scale_channels(_keras(conv_issued.tflite["user-001"]), np.random.default_rng(3))
-    same = np.argmax(original(data.x).numpy(), 1) == np.argmax(edited(data.x).numpy(), 1)
+    original = _weights(conv_issued.tflite["user-001"])
+    edited = attacks.permute_and_scale(
+        attacks.dummy_neurons(original, 0.3, rng) if edit.startswith("dummy") else original, rng)
+    assert [k.shape[-1] for k in edited.kernels[:-1]] == ([21, 42, 83] if edit.startswith("dummy") else [16, 32, 64])
+    same = np.argmax(original.predict(data.x), 1) == np.argmax(edited.predict(data.x), 1)
     assert same.mean() > 0.99  # the edit keeps the model's function
-    verdict = verify_model(_tflite(edited), conv_issued.ports)
+    verdict = verify_model(attacks.to_tflite(edited), conv_issued.ports)
     assert verdict.accused == ["user-001"]
     assert any("moved to another position" in line and not line.split(": ")[1].startswith("64 neurons for the base "
                "model's 64; 0 moved") for line in verdict.alignment)
@@ -112,7 +80,8 @@ def test_permuted_and_rescaled_channels_still_name_the_user(conv_issued):
 def test_a_per_channel_int8_conv_file_is_read_and_names_the_user(conv_issued):
     from watermark.reader import read_tflite
 
-    quantized = _tflite(_keras(conv_issued.tflite["user-002"]), quantize=True)
+    probe = simulated.exercises_user("user-004").train.x[:100]
+    quantized = attacks.to_tflite(_weights(conv_issued.tflite["user-002"]), "int8", representative=probe)
     read = read_tflite(quantized)
     assert read.format == "tflite int8" and read.layer_kinds == ["conv2d", "conv2d", "dense", "dense"]
     assert verify_model(quantized, conv_issued.ports).accused == ["user-002"]
@@ -120,6 +89,7 @@ def test_a_per_channel_int8_conv_file_is_read_and_names_the_user(conv_issued):
 
 def test_the_reader_gives_depthwise_and_conv2d_kernels_in_keras_orientation(tmp_path):
     import keras
+    import tensorflow as tf
 
     from watermark.reader import read_model, read_tflite
 
@@ -130,7 +100,7 @@ def test_the_reader_gives_depthwise_and_conv2d_kernels_in_keras_orientation(tmp_
         keras.layers.Flatten(),
         keras.layers.Dense(5, name="classes"),
     ])
-    read = read_tflite(_tflite(model))
+    read = read_tflite(tf.lite.TFLiteConverter.from_keras_model(model).convert())
     assert read.layer_kinds == ["conv2d", "depthwise_conv2d", "dense"]
     expected = [model.get_layer("conv").kernel.numpy(), model.get_layer("depthwise").kernel.numpy(),
                 model.get_layer("classes").kernel.numpy()]
@@ -156,3 +126,29 @@ def test_the_demo_runs_with_the_conv_recipe_and_each_model_beats_the_base_model(
     assert report["leak"]["accused"] == [report["leak"]["leaked_user"]] and report["never_issued"]["accused"] == []
     assert "oneDNN" not in run.stderr and "absl" not in run.stderr  # TensorFlow's start-up lines went to the log
     assert "oneDNN" in (tmp_path / "demo" / "logs" / "tensorflow.log").read_text()
+
+
+def test_one_ledger_holding_both_recipes_scores_each_file_against_its_own_base(conv_issued, base_models_dir):
+    """A digits-mlp model issued beside the convolution models, into the same ledger (this test runs last in
+    the module: it adds to the module's ledger)."""
+    import shutil
+
+    from functions import recipes
+    from infra.ledger import IssuedModel
+
+    workdir = conv_issued.ports.settings.workdir
+    shutil.copytree(base_models_dir / "base" / DIGITS_BASE, workdir / "buckets" / "models" / "base" / DIGITS_BASE)
+    digits = local_ports(Settings(workdir=workdir, recipe="digits-mlp"), MovableClock())
+    digits.user_data.put("alice/data.npz", simulated.to_npz(simulated.digits_user("alice")))
+    alice = issue_models(digits, ["alice"])["alice"]
+    conv_base = recipes.load("exercises-conv").base_version
+    issued = [IssuedModel.from_record(entry.record) for entry in digits.ledger.entries("issued")]
+    assert sorted((r.recipe, r.base_model_version) for r in issued) == [
+        ("digits-mlp", DIGITS_BASE)] + [("exercises-conv", conv_base)] * len(USERS)
+
+    for user, data, other in (("alice", alice, conv_base), ("user-003", conv_issued.tflite["user-003"], DIGITS_BASE)):
+        verdict = verify_model(data, digits)
+        assert verdict.accused == [user] and verdict.models_ranked == len(USERS) + 1
+        others = len(USERS) if other == conv_base else 1  # the other recipe's records: this file cannot be theirs
+        assert len(verdict.excluded_records) == others
+        assert all(f"cannot descend from base model {other!r}" in line for line in verdict.excluded_records)

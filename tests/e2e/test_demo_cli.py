@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from PIL import Image
 
 from infra.ledger import canonical_json
-from tests.helpers import ROOT
+from tests.helpers import DIGITS_BASE, ROOT
 
 
 def iml(*args: str) -> subprocess.CompletedProcess:
@@ -259,12 +259,12 @@ def test_the_demo_refuses_a_brought_file_that_does_not_fit_the_recipe_naming_the
 def test_iml_recipes_lists_both_bundled_recipes_and_base_publish_publishes_once(tmp_path, base_models_dir):
     listed = iml("recipes")
     assert listed.returncode == 0
-    assert "digits-mlp" in listed.stdout and "exercises-conv" in listed.stdout and "digits-mlp-v2" in listed.stdout
-    model = base_models_dir / "base" / "digits-mlp-v2" / "model.keras"
+    assert "digits-mlp" in listed.stdout and "exercises-conv" in listed.stdout and DIGITS_BASE in listed.stdout
+    model = base_models_dir / "base" / DIGITS_BASE / "model.keras"
     first = iml("base", "publish", "--recipe", "digits-mlp", "--model", str(model), "--workdir", str(tmp_path))
     assert first.returncode == 0, first.stderr[-2000:]
-    assert "published in" in first.stdout and "12608 positions" in first.stdout
-    assert (tmp_path / "buckets" / "models" / "base" / "digits-mlp-v2" / "manifest.json").exists()
+    assert "published in" in first.stdout and "12288 positions" in first.stdout
+    assert (tmp_path / "buckets" / "models" / "base" / DIGITS_BASE / "manifest.json").exists()
     again = iml("base", "publish", "--recipe", "digits-mlp", "--model", str(model), "--workdir", str(tmp_path))
     assert again.returncode == 0 and "was published already" in again.stdout
     nowhere = iml("base", "publish", "--recipe", "nope", "--workdir", str(tmp_path))

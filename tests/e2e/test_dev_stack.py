@@ -129,6 +129,42 @@ def test_three_users_get_their_models_through_signed_urls(stack, inbox, keys):
         assert verdict.accused == [signup.user_id]
 
 
+def test_dev_stack_signup_with_data_uploads_it_and_the_model_is_trained_on_it(stack, inbox, keys, tmp_path):
+    """`iml dev-stack signup USER --device-key PUB --data FILE`: the file goes to the user-data bucket under the
+    user's folder and the signup names it; a file that is no data set is dead-lettered saying so."""
+    key = keys.setdefault("oscar", ec.generate_private_key(ec.SECP256R1()))
+    device_pub = tmp_path / "device.pub"
+    device_pub.write_text(devices.public_key_b64(key))
+    good, bad = tmp_path / "oscar.npz", tmp_path / "not-data.npz"
+    good.write_bytes(simulated.to_npz(simulated.digits_user("oscar")))
+    bad.write_bytes(b"these bytes are no .npz archive")
+
+    def sign_up(data) -> tuple[str, str]:
+        run = subprocess.run([sys.executable, "-m", "iml", "dev-stack", "signup", "oscar", "--device-key",
+                              str(device_pub), "--data", str(data), "--dir", str(stack.folder)],
+                             capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        return re.fullmatch(r"signup (\S+) of oscar published; model (m-[0-9a-f]{32}) is on its way\n",
+                            run.stdout).groups()
+
+    def dead_for(request_id: str) -> list[dict]:
+        return [d for d in inbox.dead if d.get("message", {}).get("request_id") == request_id]
+
+    (_, trained), (refused, refused_model) = sign_up(good), sign_up(bad)
+    inbox.wait_until(lambda box: box.ready_for(trained) and dead_for(refused))
+    uploaded = [b.name for b in _bucket(stack, "user-data").list_blobs(prefix="oscar/")]
+    assert len(uploaded) == 2 and all(re.fullmatch(r"oscar/[0-9a-f]{16}\.npz", name) for name in uploaded)
+    (ready,) = inbox.ready_for(trained)
+    sealed = requests.get(ready["download_url"], timeout=30).content
+    tflite = open_sealed_bytes(sealed, key, expected_user_id="oscar", expected_model_id=trained)[1]
+    held_out = simulated.digits_user("oscar").held_out
+    assert devices.accuracy(tflite, held_out.x, held_out.y) > 0.85
+    (dead,) = dead_for(refused)
+    assert dead["error_type"] == "InvalidUserData" and dead["reason"] == (
+        "the data object is not an .npz file (a zip of .npy arrays)")
+    assert not inbox.ready_for(refused_model)
+
+
 def test_a_signup_published_three_times_at_once_makes_one_model_and_a_conflicting_one_is_refused(
         stack, inbox, keys):
     signup = _sign_up(stack, keys, "dave", "req-thrice")

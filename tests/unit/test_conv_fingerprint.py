@@ -11,7 +11,7 @@ from watermark.base import BaseLayer, with_positions
 from watermark.codeword import expand
 from watermark.detect import Residual, z_scores
 from watermark.embed import embed
-from watermark.errors import IncompatibleModel
+from watermark.errors import ImplausibleWeights, IncompatibleModel
 
 RNG = np.random.default_rng(14)
 KINDS = ["conv1d", "conv1d", "dense", "dense"]
@@ -47,8 +47,7 @@ def permute_and_scale(kernels: list[np.ndarray]) -> list[np.ndarray]:
 def scores(kernels, base, seeds):
     aligned = align(kernels, [layer.kernel for layer in base.layers], suspect_kinds=KINDS,
                     base_kinds=[layer.kind for layer in base.layers])
-    carriers = [kernel for kernel, layer in zip(aligned.kernels, base.layers) if layer.carrier]
-    return z_scores(Residual.of(carriers, base), seeds, workers=1), aligned
+    return z_scores(Residual.of(aligned.kernels, base), seeds, workers=1), aligned
 
 
 def marked_model(base, seed: bytes, strength: float = 0.08) -> list[np.ndarray]:
@@ -76,6 +75,10 @@ def test_only_the_named_layers_carry_it_and_the_positions_are_bounded():
     model = marked_model(base, b"embedded")
     z = scores(model, base, [b"embedded", b"innocent"])[0]
     assert z[0] > 6 and abs(z[1]) < 4  # 288 marked weights under fine-tuning noise: z near 10
+    far = [kernel.copy() for kernel in model]
+    far[3][0, 0] = 1e30  # in the output layer, which carries nothing: still no descendant of the base model
+    with pytest.raises(ImplausibleWeights, match="layer 'classes': a weight lies .* base spreads"):
+        scores(far, base, [b"embedded"])
     big = with_positions("big-v1", "test", (40, 6), 4,
                          (BaseLayer("wide", "dense", np.zeros((300, 300)), True),), np.zeros((1, 300)))
     assert big.codeword_length == 65_536

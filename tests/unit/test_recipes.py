@@ -19,7 +19,7 @@ from functions.runner import Outcome, run_step
 from iml import simulated
 from infra.bootstrap import local_ports
 from infra.local_storage import LocalBlobStore
-from tests.helpers import PUBLISHED_AT, ROOT, make_signup
+from tests.helpers import DIGITS_BASE, PUBLISHED_AT, ROOT, make_signup
 from watermark import base
 from watermark.base import BaseNotPublished
 
@@ -35,6 +35,10 @@ def npz(**arrays) -> bytes:
 def good(n: int = 40) -> dict:
     rng = np.random.default_rng(1)
     return {"x": rng.uniform(0, 1, (n, 64)).astype(np.float32), "y": rng.integers(0, 10, n)}
+
+
+def test_the_tests_publish_the_default_recipes_base_version():
+    assert DIGITS_BASE == recipes.load(recipes.DEFAULT).base_version
 
 
 def test_the_bundled_recipes_are_the_entry_points_pyproject_declares():
@@ -208,7 +212,7 @@ def test_generate_never_trains_a_base_model_it_refuses_the_signup(ports, user_da
     ports.user_data.put("erin/data.npz", (user_data_dir / "erin" / "data.npz").read_bytes())
     result, reason = _generate(ports, make_signup("erin"))
     assert result.outcome == Outcome.DEAD_LETTERED
-    assert "base model 'digits-mlp-v2' is not published (run `iml base publish`)" in reason
+    assert f"base model '{DIGITS_BASE}' is not published (run `iml base publish`)" in reason
     assert list(ports.models.list()) == []
     _nothing_made(ports, "erin")
 
@@ -226,13 +230,13 @@ def test_a_users_data_is_deleted_with_the_user(trained_ports):
 # ---- base publication ----------------------------------------------------------------------------------------
 
 def test_a_published_base_holds_what_the_watermark_step_and_the_verifier_need(base_models_dir):
-    published = base.load(LocalBlobStore(base_models_dir), "digits-mlp-v2")
-    manifest = json.loads((base_models_dir / "base" / "digits-mlp-v2" / "manifest.json").read_text())
+    published = base.load(LocalBlobStore(base_models_dir), DIGITS_BASE)
+    manifest = json.loads((base_models_dir / "base" / DIGITS_BASE / "manifest.json").read_text())
     assert manifest["recipe"] == "digits-mlp" and manifest["input_shape"] == [64] and manifest["classes"] == 10
     assert [(layer["name"], layer["kind"], layer["shape"], layer["carrier"]) for layer in manifest["layers"]] == [
         ("hidden_1", "dense", [64, 128], True), ("hidden_2", "dense", [128, 32], True),
-        ("classes", "dense", [32, 10], True)]
-    assert published.codeword_length == 64 * 128 + 128 * 32 + 32 * 10  # all of them: fewer than the bound
+        ("classes", "dense", [32, 10], False)]
+    assert published.codeword_length == 64 * 128 + 128 * 32  # every hidden weight: fewer than the bound
     assert published.probe.shape == (DIGITS.probe_samples, 64)
 
 
@@ -240,9 +244,9 @@ def test_publishing_again_changes_nothing_and_another_model_under_the_version_is
     folder = tmp_path / "models"
     shutil.copytree(base_models_dir, folder)
     before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
-    model_bytes = (folder / "base" / "digits-mlp-v2" / "model.keras").read_bytes()
+    model_bytes = (folder / "base" / DIGITS_BASE / "model.keras").read_bytes()
     published, written = base_model.publish(DIGITS, LocalBlobStore(folder), PUBLISHED_AT, model_bytes)
-    assert not written and published.version == "digits-mlp-v2"
+    assert not written and published.version == DIGITS_BASE
     other = base_model.model.to_keras_bytes(base_model.model.train_base(DIGITS, seed=5, epochs=1))
     with pytest.raises(base_model.BaseModelRefused, match="published with another model: give the recipe a new"):
         base_model.publish(DIGITS, LocalBlobStore(folder), PUBLISHED_AT, other)
@@ -252,15 +256,15 @@ def test_publishing_again_changes_nothing_and_another_model_under_the_version_is
 def test_an_interrupted_publication_is_completed_with_the_model_it_left(tmp_path, base_models_dir):
     folder = tmp_path / "models"
     shutil.copytree(base_models_dir, folder)
-    (folder / "base" / "digits-mlp-v2" / "manifest.json").unlink()
-    (folder / "base" / "digits-mlp-v2" / "weights.npz").unlink()
+    (folder / "base" / DIGITS_BASE / "manifest.json").unlink()
+    (folder / "base" / DIGITS_BASE / "weights.npz").unlink()
     store = LocalBlobStore(folder)
     with pytest.raises(BaseNotPublished):
-        base.load(store, "digits-mlp-v2")
+        base.load(store, DIGITS_BASE)
     steps = []
     published, written = base_model.publish(DIGITS, store, PUBLISHED_AT, on_step=steps.append)
     assert written and "train" not in steps  # the model it left is the one published
-    original = base.load(LocalBlobStore(base_models_dir), "digits-mlp-v2")
+    original = base.load(LocalBlobStore(base_models_dir), DIGITS_BASE)
     assert all(np.array_equal(a.kernel, b.kernel) for a, b in zip(published.layers, original.layers))
 
 
@@ -304,19 +308,19 @@ def test_a_tampered_base_is_invalid_never_a_crash_and_the_verifier_excludes_its_
                                                                                          base_models_dir, issued):
     folder = tmp_path / "models"
     shutil.copytree(base_models_dir, folder)
-    path = folder / "base" / "digits-mlp-v2" / "manifest.json"
+    path = folder / "base" / DIGITS_BASE / "manifest.json"
     found = json.loads(path.read_text())
     tamper(found)
     path.write_text(json.dumps(found))
     with pytest.raises(base.BaseInvalid):
-        base.load(LocalBlobStore(folder), "digits-mlp-v2")
+        base.load(LocalBlobStore(folder), DIGITS_BASE)
     from dataclasses import replace as with_field
 
     from tests.helpers import verify_model
     from watermark.errors import NoLedger
 
     ports = with_field(issued.ports, models=LocalBlobStore(folder))
-    with pytest.raises(NoLedger, match="base model 'digits-mlp-v2' is not at hand"):
+    with pytest.raises(NoLedger, match=f"base model '{DIGITS_BASE}' is not at hand"):
         verify_model(issued.tflite["alice"], ports)
 
 
@@ -325,9 +329,46 @@ def test_a_version_published_for_another_recipe_is_refused_by_publish_and_by_gen
     shutil.copytree(base_models_dir, folder)
 
     class Other(type(recipes.load("exercises-conv"))):
-        base_version = "digits-mlp-v2"
+        base_version = DIGITS_BASE
 
     with pytest.raises(base_model.BaseModelRefused, match="published for recipe 'digits-mlp', not 'exercises-conv'"):
         base_model.publish(Other(), LocalBlobStore(folder), PUBLISHED_AT)
     with pytest.raises(base.BaseInvalid, match="published for recipe 'digits-mlp'"):
         base_model.load_model(Other(), LocalBlobStore(folder))
+
+
+# ---- marking the kernels ---------------------------------------------------------------------------------------
+
+def test_marked_kernels_are_set_exactly_and_the_biases_keep_each_layers_average_on_the_probe_inputs():
+    import keras
+
+    from functions import model
+
+    keras.utils.set_random_seed(4)
+    network = keras.Sequential([  # the marked layers linear, so their outputs are their pre-activations
+        keras.Input((20, 3)),
+        keras.layers.Conv1D(6, 3, name="conv"), keras.layers.ReLU(), keras.layers.Flatten(),
+        keras.layers.Dense(8, name="dense"), keras.layers.ReLU(),
+        keras.layers.Dense(4, use_bias=False, name="no_bias"),
+    ])
+    probe = np.random.default_rng(5).uniform(0, 1, (64, 20, 3)).astype(np.float32)  # not zero-mean, as inputs are
+    outputs = keras.Model(network.inputs[0], [network.get_layer(name).output for name in ("conv", "dense")])
+
+    def means():
+        return [np.asarray(out).reshape(-1, np.shape(out)[-1]).mean(axis=0) for out in outputs(probe)]
+
+    before, original = means(), network.get_weights()
+    rng = np.random.default_rng(6)
+    marked = {layer.name: layer.kernel.numpy() + 0.1 * rng.choice([-1.0, 1.0], layer.kernel.shape).astype(np.float32)
+              for layer in network.layers if layer.name in ("conv", "dense", "no_bias")}
+    model.set_kernels(network, marked)
+    drifted = means()
+    network.set_weights(original)
+    model.set_kernels(network, marked, keep_means_on=probe)
+    kept = means()
+
+    for name, kernel in marked.items():
+        assert np.array_equal(network.get_layer(name).kernel.numpy(), kernel.astype(np.float32))
+    for was, moved, now in zip(before, drifted, kept):
+        assert np.max(np.abs(moved - was)) > 0.05  # the mark alone shifts the averages ...
+        np.testing.assert_allclose(now, was, atol=1e-4)  # ... the biases take the shift back

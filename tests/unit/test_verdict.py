@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from infra.bootstrap import MovableClock, local_ports
 from infra.settings import Settings
-from tests.helpers import CROWD_SIZE, FACTS, SOURCE, mutations, strict_json
+from tests.helpers import CROWD_SIZE, DIGITS_BASE, FACTS, SOURCE, mutations, strict_json
 from watermark.errors import VerificationError
 from watermark.reader import read_model
 from watermark.research import attacks
@@ -65,7 +65,7 @@ def test_each_codeword_comes_from_the_key_version_its_record_names(crowd, tmp_pa
     shutil.copytree(crowd.workdir, workdir)
     ports = local_ports(Settings(workdir=workdir), MovableClock())
     ports.ledger.issue(IssuedModel(
-        model_id="m-retired", user_id="dave", request_id="r-dave", base_model_version="digits-mlp-v2", recipe="digits-mlp",
+        model_id="m-retired", user_id="dave", request_id="r-dave", base_model_version=DIGITS_BASE, recipe="digits-mlp",
         **{**FACTS, "fingerprint_key_id": "local-fingerprint-retired"}, plaintext_sha256="0" * 64,
         device_key_sha256="0" * 64, sealed_sha256="0" * 64, delivery_object="m-retired.iml"), ports.clock())
     path = tmp_path / "leak.tflite"
@@ -104,4 +104,4 @@ def test_a_disguised_copy_that_names_nobody_is_flagged_for_review(crowd, tmp_pat
     path.write_bytes(attacks.mutate_tflite(crowd.source, [Mutation("scale-row", 0, 0, 1e6)]))
     verdict = verify_crowd(crowd, path)
     assert verdict.accused == [] and verdict.needs_review
-    assert any("alignment to digits-mlp-v2 matched" in reason for reason in verdict.review_reasons)
+    assert any(f"alignment to {DIGITS_BASE} matched" in reason for reason in verdict.review_reasons)

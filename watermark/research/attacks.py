@@ -1,24 +1,65 @@
 """What a thief may do to a leaked model to wash the fingerprint out, while keeping it useful.
 
 Each attack maps a model's weights, `Weights` (kernels and biases, input to output), to new weights; the
-ones that need TensorFlow (fine-tuning, TFLite conversion) import it when called. An attack counts only
-while the attacked model keeps its accuracy within 5 points of the original (bench/robustness.py checks).
+ones that need TensorFlow (fine-tuning, TFLite conversion, a convolution network's accuracy) import it when
+called. An attack counts only while the attacked model keeps its accuracy within 5 points of the original
+(bench/robustness.py checks).
+
+Kernels are in Keras orientation: dense (in, out), conv1d (k, in, out), conv2d (kh, kw, in, out). A layer's
+units (neurons, channels) are its kernel's last axis; the next layer's kernel, viewed as (-1, units, out),
+holds their outgoing weights: true after a Dense, a convolution, pooling and a channels-last Flatten alike.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import copy
+from dataclasses import dataclass, replace
 
 import numpy as np
+
+from watermark.reader import ReadModel
+
+KINDS = {"Dense": "dense", "Conv1D": "conv1d", "Conv2D": "conv2d"}  # the Keras layers these attacks edit
+WIDTHS = {"Dense": "units", "Conv1D": "filters", "Conv2D": "filters"}  # where each holds its number of units
 
 
 @dataclass(frozen=True)
 class Weights:
     kernels: list[np.ndarray]
     biases: list[np.ndarray]
+    # the Keras Sequential the weights fit (its widths aside: dummy neurons widen them), as get_config() gives
+    # it; None: a ReLU MLP with a softmax output, whose forward pass needs no TensorFlow
+    config: dict | None = None
+
+    @classmethod
+    def of(cls, read: ReadModel, like=None) -> "Weights":
+        """A file's weights; with `like` (a Keras model of the same architecture), in its kernel shapes and
+        with its config."""
+        if like is None:
+            return cls(list(read.kernels), list(read.biases))
+        shapes = [layer.kernel.shape for layer in like.layers if type(layer).__name__ in KINDS]
+        return cls([k.reshape(shape) for k, shape in zip(read.kernels, shapes, strict=True)], list(read.biases),
+                   like.get_config())
+
+    def with_arrays(self, kernels: list[np.ndarray], biases: list[np.ndarray]) -> "Weights":
+        return replace(self, kernels=kernels, biases=biases)
+
+    @property
+    def kinds(self) -> list[str]:
+        if self.config is None:
+            return ["dense"] * len(self.kernels)
+        return [KINDS[layer["class_name"]] for layer in self.config["layers"] if layer["class_name"] in KINDS]
+
+    def read(self) -> ReadModel:
+        """As the verifier reads a file holding these weights."""
+        return ReadModel("weights", self.kernels, self.biases, self.kinds)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """The model's class scores: ReLU hidden layers, as the per-user model is built."""
-        h = x.astype(np.float64)
+        """The model's class scores."""
+        if self.config is not None:
+            keras_model = to_keras(self)
+            return np.concatenate([keras_model(x[i:i + 1024], training=False).numpy()
+                                   for i in range(0, len(x), 1024)])
+        h = x.astype(np.float64)  # the ReLU MLP, as the per-user digits model is built
         for layer, (kernel, bias) in enumerate(zip(self.kernels, self.biases, strict=True)):
             h = h @ kernel + bias
             if layer < len(self.kernels) - 1:
@@ -29,15 +70,27 @@ class Weights:
         return float(np.mean(np.argmax(self.predict(x), axis=1) == y))
 
 
+def _outgoing(kernel: np.ndarray, units: int) -> np.ndarray:
+    """The next layer's kernel as (-1, units, out): the outgoing weights of each unit of the layer before."""
+    return kernel.reshape(-1, units, kernel.shape[-1])
+
+
+def _as_next(rows: np.ndarray, like: np.ndarray) -> np.ndarray:
+    """`rows` (-1, units, out) back in the next layer's kernel layout, its units possibly more than before."""
+    if like.ndim == 2:  # a Dense layer: after a Dense or a Flatten
+        return rows.reshape(-1, like.shape[-1])
+    return rows.reshape(like.shape[:-2] + rows.shape[1:])
+
+
 def gaussian_noise(w: Weights, sigma: float, rng: np.random.Generator) -> Weights:
     """Noise of standard deviation sigma x each layer's own weight spread."""
-    return Weights([k + rng.normal(0.0, sigma * np.std(k), k.shape) for k in w.kernels], list(w.biases))
+    return w.with_arrays([k + rng.normal(0.0, sigma * np.std(k), k.shape) for k in w.kernels], list(w.biases))
 
 
 def weight_shift(w: Weights, fraction: float) -> Weights:
     """Move every weight of a layer by the same amount, `fraction` x the layer's spread: a shift the
     detector's residual cannot tell from signal, and that a network tolerates while it is small."""
-    return Weights([k + fraction * np.std(k) for k in w.kernels], list(w.biases))
+    return w.with_arrays([k + fraction * np.std(k) for k in w.kernels], list(w.biases))
 
 
 def magnitude_prune(w: Weights, fraction: float) -> Weights:
@@ -46,31 +99,36 @@ def magnitude_prune(w: Weights, fraction: float) -> Weights:
     for kernel in w.kernels:
         cut = np.quantile(np.abs(kernel), fraction)
         pruned.append(np.where(np.abs(kernel) <= cut, 0.0, kernel))
-    return Weights(pruned, list(w.biases))
+    return w.with_arrays(pruned, list(w.biases))
 
 
 def permute_and_scale(w: Weights, rng: np.random.Generator, low: float = 0.5, high: float = 2.0) -> Weights:
-    """Shuffle every hidden layer's neurons and scale each by a positive factor; the function is unchanged."""
+    """Shuffle every hidden layer's units and scale each by a positive factor; the function is unchanged."""
     kernels, biases = [k.copy() for k in w.kernels], [b.copy() for b in w.biases]
     for layer in range(len(kernels) - 1):
-        units = kernels[layer].shape[1]
+        units = kernels[layer].shape[-1]
         order, scale = rng.permutation(units), rng.uniform(low, high, units)
-        kernels[layer] = kernels[layer][:, order] * scale
+        kernels[layer] = kernels[layer][..., order] * scale
         biases[layer] = biases[layer][order] * scale
-        kernels[layer + 1] = kernels[layer + 1][order, :] / scale[:, None]
-    return Weights(kernels, biases)
+        rows = _outgoing(kernels[layer + 1], units)
+        kernels[layer + 1] = _as_next(rows[:, order, :] / scale[None, :, None], kernels[layer + 1])
+    return w.with_arrays(kernels, biases)
 
 
 def dummy_neurons(w: Weights, expansion: float, rng: np.random.Generator) -> Weights:
-    """Add expansion x units neurons to every hidden layer, with plausible incoming weights and no effect."""
+    """Add expansion x units units to every hidden layer, with plausible incoming weights and no effect."""
     kernels, biases = [k.copy() for k in w.kernels], [b.copy() for b in w.biases]
     for layer in range(len(kernels) - 1):
-        extra = max(1, int(round(expansion * kernels[layer].shape[1])))
-        spread = np.std(kernels[layer])
-        kernels[layer] = np.hstack([kernels[layer], rng.normal(0.0, spread, (kernels[layer].shape[0], extra))])
+        units = kernels[layer].shape[-1]
+        extra = max(1, int(round(expansion * units)))
+        incoming = kernels[layer]
+        kernels[layer] = np.concatenate(
+            [incoming, rng.normal(0.0, np.std(incoming), incoming.shape[:-1] + (extra,))], axis=-1)
         biases[layer] = np.concatenate([biases[layer], rng.normal(0.0, np.std(biases[layer]) + 1e-3, extra)])
-        kernels[layer + 1] = np.vstack([kernels[layer + 1], np.zeros((extra, kernels[layer + 1].shape[1]))])
-    return Weights(kernels, biases)
+        rows = _outgoing(kernels[layer + 1], units)
+        silent = np.zeros((rows.shape[0], extra, rows.shape[2]))
+        kernels[layer + 1] = _as_next(np.concatenate([rows, silent], axis=1), kernels[layer + 1])
+    return w.with_arrays(kernels, biases)
 
 
 def frame(w: Weights, negative: int = 1, incoming_scale: float = 1e6, neuron: int = 0) -> Weights:
@@ -85,7 +143,7 @@ def frame(w: Weights, negative: int = 1, incoming_scale: float = 1e6, neuron: in
     kernels[1][neuron, :] = 0.0
     kernels[1][neuron, 0] = 1e36
     kernels[1][neuron, 1:1 + negative] = -1e36
-    return Weights(kernels, biases)
+    return w.with_arrays(kernels, biases)
 
 
 @dataclass(frozen=True)
@@ -178,26 +236,34 @@ def collude(models: list[Weights], how: str, rng: np.random.Generator) -> Weight
             return np.take_along_axis(stack, pick[None], axis=0)[0]
         raise ValueError(f"unknown collusion {how!r}")
 
-    return Weights([combine([m.kernels[i] for m in models]) for i in range(len(models[0].kernels))],
-                   [combine([m.biases[i] for m in models]) for i in range(len(models[0].biases))])
+    return models[0].with_arrays([combine([m.kernels[i] for m in models]) for i in range(len(models[0].kernels))],
+                                 [combine([m.biases[i] for m in models]) for i in range(len(models[0].biases))])
 
 
 def to_keras(w: Weights):
-    """A Keras model holding `w` (any hidden widths), to fine-tune or to convert as a thief would: ReLU hidden
-    layers and a softmax output, as the leaked model has."""
+    """A Keras model holding `w`, to fine-tune, to run or to convert as a thief would: `w.config` with each
+    layer as wide as its kernel, or (no config) ReLU hidden layers and a softmax output, as the leaked MLP has."""
     import keras
 
-    layers = [keras.Input((w.kernels[0].shape[0],))]
-    layers += [keras.layers.Dense(kernel.shape[1], activation="relu") for kernel in w.kernels[:-1]]
-    layers.append(keras.layers.Dense(w.kernels[-1].shape[1], activation="softmax"))
-    keras_model = keras.Sequential(layers)
+    if w.config is None:
+        layers = [keras.Input((w.kernels[0].shape[0],))]
+        layers += [keras.layers.Dense(kernel.shape[1], activation="relu") for kernel in w.kernels[:-1]]
+        layers.append(keras.layers.Dense(w.kernels[-1].shape[1], activation="softmax"))
+        keras_model = keras.Sequential(layers)
+    else:
+        config, widths = copy.deepcopy(w.config), iter(kernel.shape[-1] for kernel in w.kernels)
+        for layer in config["layers"]:
+            layer.pop("build_config", None)  # built anew from the input, at the new widths
+            if layer["class_name"] in WIDTHS:
+                layer["config"][WIDTHS[layer["class_name"]]] = next(widths)
+        keras_model = keras.Sequential.from_config(config)
     keras_model.set_weights([a.astype(np.float32) for pair in zip(w.kernels, w.biases) for a in pair])
     return keras_model
 
 
-def from_keras(keras_model) -> Weights:
+def from_keras(keras_model, like: Weights) -> Weights:
     arrays = [a.astype(np.float64) for a in keras_model.get_weights()]
-    return Weights(arrays[0::2], arrays[1::2])
+    return like.with_arrays(arrays[0::2], arrays[1::2])
 
 
 def fine_tune(w: Weights, x: np.ndarray, y: np.ndarray, epochs: int, learning_rate: float, seed: int = 0) -> Weights:
@@ -208,7 +274,7 @@ def fine_tune(w: Weights, x: np.ndarray, y: np.ndarray, epochs: int, learning_ra
     keras_model = to_keras(w)
     keras_model.compile(keras.optimizers.Adam(learning_rate), "sparse_categorical_crossentropy")
     keras_model.fit(x, y, epochs=epochs, batch_size=32, verbose=0)
-    return from_keras(keras_model)
+    return from_keras(keras_model, w)
 
 
 def to_tflite(w: Weights, quantization: str = "float32", representative: np.ndarray | None = None) -> bytes:
@@ -219,13 +285,14 @@ def to_tflite(w: Weights, quantization: str = "float32", representative: np.ndar
 
     import tensorflow as tf
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(to_keras(w))
+    keras_model = to_keras(w)
+    converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
     if quantization != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if quantization == "float16":
         converter.target_spec.supported_types = [tf.float16]
     elif quantization == "int8":
-        samples = representative if representative is not None else np.zeros((1, w.kernels[0].shape[0]))
+        samples = representative if representative is not None else np.zeros((1,) + keras_model.input_shape[1:])
         converter.representative_dataset = lambda: ([s[None].astype(np.float32)] for s in samples)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
     elif quantization != "dynamic" and quantization != "float32":
