@@ -88,7 +88,10 @@ def weight_attacks(rng: np.random.Generator, recipe: str):
         return simulated.user_data(recipe, user).train
 
     def fine(epochs, rate):
-        return lambda w, user: attacks.fine_tune(w, own(user).x, own(user).y, epochs, rate)
+        def attack(w, user):
+            data = own(user)
+            return attacks.fine_tune(w, data.x, data.y, epochs, rate)
+        return attack
 
     table = [("none", "-", lambda w, u: w)]
     table += [("noise", f"sigma {s}", lambda w, u, s=s: attacks.gaussian_noise(w, s, rng)) for s in (0.1, 0.3, 0.5, 1.0)]

@@ -74,16 +74,23 @@ def set_kernels(model: keras.Model, kernels: dict[str, np.ndarray], keep_means_o
     pre-activation over those inputs stays what it was, given the changes to the layers before it. The
     fingerprint's signs are zero-mean, but a layer's inputs are not (pixels, ReLU outputs): left alone, the
     change shifts every neuron's average, and that shift is most of what the mark costs. The kernels stay exactly
-    as given (the verifier reads kernels, never biases); a layer without a bias keeps its shift."""
+    as given (the verifier scores kernels, never biases); a layer without a bias keeps its shift. The biases'
+    change depends on the new kernels and the inputs alone. KeyError for a name the model has no layer of;
+    ValueError if a bias would not stay finite (inputs too large or not finite)."""
     changed = [layer for layer in model.layers if layer.name in kernels]  # input to output
+    unknown = set(kernels) - {layer.name for layer in changed}
+    if unknown:
+        raise KeyError(f"the model has no layer {sorted(unknown)[0]!r}")
     kept = keep_means_on is not None
     before = {layer.name: _mean_product(model, layer, layer.kernel.numpy(), keep_means_on)
               for layer in changed if kept and layer.use_bias}
     for layer in changed:
         kernel = np.asarray(kernels[layer.name], dtype=np.float32)
         if layer.name in before:  # its inputs already hold the earlier layers' changes
-            after = _mean_product(model, layer, kernel, keep_means_on)
-            layer.bias.assign(layer.bias.numpy() + before[layer.name] - after)
+            bias = layer.bias.numpy() + before[layer.name] - _mean_product(model, layer, kernel, keep_means_on)
+            if not np.all(np.isfinite(bias)):
+                raise ValueError(f"layer {layer.name!r}: keeping its mean would leave a bias that is not finite")
+            layer.bias.assign(bias)
         layer.kernel.assign(kernel)
 
 

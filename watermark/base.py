@@ -70,7 +70,7 @@ class PublishedBase:
     classes: int
     layers: tuple[BaseLayer, ...]
     positions: np.ndarray  # int64, sorted, distinct: indices into the carriers' kernels, raveled and joined
-    probe: np.ndarray  # inputs the verifier may run a suspect on
+    probe: np.ndarray  # model inputs: the watermark step keeps its marked layers' mean pre-activations on them
 
     @property
     def carriers(self) -> list[BaseLayer]:
@@ -220,6 +220,9 @@ def _check(base: PublishedBase, found: dict) -> None:
          and base.positions.size == found["codeword_length"], "carrier positions of another count"),
         (lambda: base.positions[0] >= 0 and base.positions[-1] < carriers_total and np.all(np.diff(base.positions) > 0),
          "carrier positions out of order or range"),
+        (lambda: base.probe.dtype.kind == "f" and base.probe.ndim == len(base.input_shape) + 1 and len(base.probe) > 0
+         and base.probe.shape[1:] == base.input_shape and bool(np.all(np.isfinite(base.probe))),
+         "probe inputs that are not finite model inputs"),
     ]
     for holds, problem in checks:  # in order: each check may rely on the ones before it
         if not holds():

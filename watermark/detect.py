@@ -58,19 +58,17 @@ class Residual:
 
     @classmethod
     def of(cls, aligned: list[np.ndarray], base: PublishedBase, bound: float = RESIDUAL_BOUND) -> Residual:
-        """The aligned suspect's kernels (every layer of the base, in its shapes) minus the base's: the carriers'
-        at the published positions, weighted per layer. Weights the suspect holds at exactly zero (pruned) say
-        nothing about any codeword and are left out; that choice looks at the suspect alone. Raises
-        ImplausibleWeights, naming the layer, for a non-finite weight or one beyond `bound` spreads of its layer,
-        anywhere in any kernel: a file no descendant of the base model is, whether or not the layer carries the
-        fingerprint."""
+        """The aligned suspect's kernels (every layer of the base, in its shapes; the carriers are read) minus
+        the base's at the published positions, weighted per layer. Weights the suspect holds at exactly zero
+        (pruned) say nothing about any codeword and are left out; that choice looks at the suspect alone. Raises
+        ImplausibleWeights, naming the layer, for a non-finite weight or one beyond `bound` spreads, anywhere in
+        a carrier kernel (the bound keeps the exact integers in range; the other layers enter no score)."""
         if len(aligned) != len(base.layers):
             raise ScoringError(f"{len(aligned)} aligned kernels for the base model's {len(base.layers)} layers")
-        segments = iter(base.segments)  # one per carrier, in layer order
+        carriers = [suspect for suspect, layer in zip(aligned, base.layers) if layer.carrier]
         parts = []
-        for suspect, layer in zip(aligned, base.layers):
+        for suspect, layer, positions, spread in zip(carriers, base.carriers, base.segments, base.spreads, strict=True):
             name = f"layer {layer.name!r}"
-            spread = float(np.std(layer.kernel))
             if not math.isfinite(spread) or spread <= 0:
                 raise ImplausibleWeights(name, "the base model's kernel has no spread to measure against")
             if not np.all(np.isfinite(suspect)):
@@ -81,8 +79,7 @@ class Residual:
                 raise ImplausibleWeights(
                     name, f"a weight lies {furthest:.3g} base spreads from the base model's (a descendant of "
                           f"the base model stays within {bound:g}); refusing to score an implausible file")
-            if layer.carrier:
-                parts.append(spread * moved[next(segments)])
+            parts.append(spread * moved[positions])
         limit = bound * max(spread * spread for spread in base.spreads) * (1 + 1e-9)  # room for one rounding
         return cls.of_vector(np.concatenate(parts), limit)
 

@@ -88,7 +88,7 @@ class Recipe:
     base_seed: int = 0  # the base is published, kept confidential: its seed protects nothing
     # the fingerprint: the layers (by name) whose kernels carry it
     fingerprint_layers: tuple[str, ...] = ()
-    probe_samples: int = 256  # inputs published with the base for the verifier
+    probe_samples: int = 256  # inputs published with the base: the watermark step keeps layer means on them
 
     def build(self):
         """A fresh, uncompiled keras.Model with named layers."""
@@ -99,7 +99,9 @@ class Recipe:
         raise NotImplementedError
 
     def probe_inputs(self) -> np.ndarray:
-        """Inputs the verifier may run a suspect model on, published with the base model."""
+        """Model inputs published with the base model: the watermark step keeps each marked layer's mean
+        pre-activation on them, so they should look like the users' inputs (the default assumes the base
+        training data is shuffled)."""
         return self.base_training_data().x[: self.probe_samples]
 
     def optimizer(self):

@@ -62,7 +62,7 @@ def person(number: int) -> UserData:
 
 class ExercisesConv(Recipe):
     name = "exercises-conv"
-    base_version = "exercises-conv-v1"
+    base_version = "exercises-conv-v2"  # v1: the probe inputs were the first 256 windows, all of person 1
     summary = "smartwatch shoulder exercises of real people (seglearn), Conv1D 16-32 + Dense 64-7"
     input_shape = (WINDOW, 6)
     classes = 7
@@ -88,6 +88,11 @@ class ExercisesConv(Recipe):
             keras.layers.Dense(64, activation="relu", name="hidden"),
             keras.layers.Dense(self.classes, activation="softmax", name="classes"),
         ])
+
+    def probe_inputs(self) -> np.ndarray:
+        """Windows of every base person, evenly spaced: the watermark step keeps layer means on these."""
+        x = self.base_training_data().x
+        return x[np.linspace(0, len(x) - 1, self.probe_samples).astype(np.int64)]
 
     def base_training_data(self) -> Split:
         people = [person(number) for number in BASE_PEOPLE]

@@ -3,6 +3,7 @@ its TFLite files, as issued and after the function-preserving edits a thief woul
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -73,8 +74,16 @@ def test_function_preserving_edits_of_the_channels_still_name_the_user(conv_issu
     assert same.mean() > 0.99  # the edit keeps the model's function
     verdict = verify_model(attacks.to_tflite(edited), conv_issued.ports)
     assert verdict.accused == ["user-001"]
-    assert any("moved to another position" in line and not line.split(": ")[1].startswith("64 neurons for the base "
-               "model's 64; 0 moved") for line in verdict.alignment)
+    found = [re.search(r"hidden layer (\d): (\d+) neurons for the base model's (\d+); (\d+) moved to another position, "
+                       r".* (\d+) dropped as dummies", line) for line in verdict.alignment]
+    counts = {int(m[1]): [int(n) for n in m.groups()[1:]] for m in found if m}
+    assert sorted(counts) == [1, 2, 3]  # conv_1's channels, conv_2's channels, hidden's neurons, each aligned
+    for units, base_units, moved, dummies in counts.values():
+        assert moved > base_units // 2  # shuffled: most channels found at another position
+        if edit.startswith("dummy"):
+            assert units > base_units and dummies > 0  # silent channels recognised and dropped
+        else:
+            assert units == base_units and dummies == 0
 
 
 def test_a_per_channel_int8_conv_file_is_read_and_names_the_user(conv_issued):
@@ -128,15 +137,16 @@ def test_the_demo_runs_with_the_conv_recipe_and_each_model_beats_the_base_model(
     assert "oneDNN" in (tmp_path / "demo" / "logs" / "tensorflow.log").read_text()
 
 
-def test_one_ledger_holding_both_recipes_scores_each_file_against_its_own_base(conv_issued, base_models_dir):
-    """A digits-mlp model issued beside the convolution models, into the same ledger (this test runs last in
-    the module: it adds to the module's ledger)."""
+def test_one_ledger_holding_both_recipes_scores_each_file_against_its_own_base(conv_issued, base_models_dir,
+                                                                              tmp_path):
+    """A digits-mlp model issued beside the convolution models, into the same ledger (a copy of the module's)."""
     import shutil
 
     from functions import recipes
     from infra.ledger import IssuedModel
 
-    workdir = conv_issued.ports.settings.workdir
+    workdir = tmp_path / "both"
+    shutil.copytree(conv_issued.ports.settings.workdir, workdir)
     shutil.copytree(base_models_dir / "base" / DIGITS_BASE, workdir / "buckets" / "models" / "base" / DIGITS_BASE)
     digits = local_ports(Settings(workdir=workdir, recipe="digits-mlp"), MovableClock())
     digits.user_data.put("alice/data.npz", simulated.to_npz(simulated.digits_user("alice")))

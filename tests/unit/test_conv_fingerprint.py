@@ -76,9 +76,13 @@ def test_only_the_named_layers_carry_it_and_the_positions_are_bounded():
     z = scores(model, base, [b"embedded", b"innocent"])[0]
     assert z[0] > 6 and abs(z[1]) < 4  # 288 marked weights under fine-tuning noise: z near 10
     far = [kernel.copy() for kernel in model]
-    far[3][0, 0] = 1e30  # in the output layer, which carries nothing: still no descendant of the base model
+    far[3][0, 0] = 1e30  # in the output layer, which carries nothing and enters no score
+    assert scores(far, base, [b"embedded"])[0][0] == z[0]
+    every = conv_base(version="conv-test-v2")  # all four layers carry: the same weight is no descendant's
+    far = marked_model(every, b"embedded")
+    far[3][0, 0] = 1e30
     with pytest.raises(ImplausibleWeights, match="layer 'classes': a weight lies .* base spreads"):
-        scores(far, base, [b"embedded"])
+        scores(far, every, [b"embedded"])
     big = with_positions("big-v1", "test", (40, 6), 4,
                          (BaseLayer("wide", "dense", np.zeros((300, 300)), True),), np.zeros((1, 300)))
     assert big.codeword_length == 65_536

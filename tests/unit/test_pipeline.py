@@ -17,7 +17,7 @@ from infra.bootstrap import local_ports
 from infra.envelope import open_sealed_bytes
 from infra.local_storage import UrlExpired, fetch_local_url
 from infra.staging import MAGIC as STAGING_MAGIC
-from tests.helpers import make_signup, model_step_event, verify_model
+from tests.helpers import DIGITS_BASE, make_signup, model_step_event, verify_model
 
 
 def _sign_up(ports, user_id: str, request_id: str = "req-1", key=None):
@@ -54,6 +54,42 @@ def test_a_signup_becomes_a_sealed_fingerprinted_model_for_that_device(trained_p
 
     verdict = verify_model(tflite, ports)
     assert verdict.accused == ["alice"]
+
+
+def test_the_watermark_keeps_each_marked_layers_mean_pre_activation_on_the_probe_inputs(trained_ports):
+    """The fingerprint's zero-mean signs on inputs that are not zero-mean would shift every marked neuron's
+    average; the watermark step moves the marked layers' biases so that it stays where the tuned model had it."""
+    import numpy as np
+
+    from functions import model, recipes
+    from functions.steps import generate, watermark
+    from infra.staging import get_staged
+    from watermark import base
+    from watermark.reader import read_tflite
+
+    ports = trained_ports
+    (tuned_event,) = generate.handle(make_signup("alice"), ports)
+    tuned = model.unpack_tuned(recipes.load("digits-mlp"), get_staged(ports.staging, ports.kms, tuned_event.artifact))[0]
+    (marked_event,) = watermark.handle(tuned_event, ports)
+    marked = read_tflite(get_staged(ports.staging, ports.kms, marked_event.artifact))
+    probe = base.load(ports.models, DIGITS_BASE).probe.astype(np.float64)
+
+    def mean_pre_activations(kernels, biases):
+        h, means = probe, []
+        for kernel, bias in zip(kernels, biases):
+            z = h @ kernel + bias
+            means.append(z.mean(axis=0))
+            h = np.maximum(z, 0.0)
+        return means
+
+    layers = [tuned.get_layer(name) for name in ("hidden_1", "hidden_2", "classes")]
+    kernels, biases = [layer.kernel.numpy() for layer in layers], [layer.bias.numpy() for layer in layers]
+    before, after = mean_pre_activations(kernels, biases), mean_pre_activations(marked.kernels, marked.biases)
+    for layer in (0, 1):  # hidden_1 and hidden_2 carry the mark
+        assert np.max(np.abs(marked.kernels[layer] - kernels[layer])) > 0
+        assert np.max(np.abs(marked.biases[layer] - biases[layer])) > 1e-3  # moved to take the shift back ...
+        np.testing.assert_allclose(after[layer], before[layer], atol=1e-4)  # ... so the averages stay put
+    np.testing.assert_array_equal(marked.kernels[2], kernels[2])  # the output layer carries nothing
 
 
 def test_staged_models_rest_encrypted(trained_ports):

@@ -324,6 +324,28 @@ def test_a_tampered_base_is_invalid_never_a_crash_and_the_verifier_excludes_its_
         verify_model(issued.tflite["alice"], ports)
 
 
+@pytest.mark.parametrize("probe", [np.zeros((0, 64), np.float32), np.full((4, 64), np.nan, np.float32),
+                                   np.zeros((4, 63), np.float32), np.zeros((4, 64), np.int64)])
+def test_a_base_whose_probe_inputs_are_no_model_inputs_is_invalid(probe, tmp_path, base_models_dir):
+    """The watermark step keeps layer means on the probe inputs: empty, NaN or misshapen ones would give NaN or
+    meaningless biases, so such a base is refused, even with digests that agree."""
+    import hashlib
+
+    folder = tmp_path / "models"
+    shutil.copytree(base_models_dir, folder)
+    weights = folder / "base" / DIGITS_BASE / "weights.npz"
+    with np.load(weights) as arrays:
+        members = {name: arrays[name] for name in arrays.files}
+    buffer = io.BytesIO()
+    np.savez(buffer, **{**members, "probe": probe})
+    weights.write_bytes(buffer.getvalue())
+    manifest = folder / "base" / DIGITS_BASE / "manifest.json"
+    found = json.loads(manifest.read_text())
+    manifest.write_text(json.dumps({**found, "weights_sha256": hashlib.sha256(buffer.getvalue()).hexdigest()}))
+    with pytest.raises(base.BaseInvalid, match="probe inputs that are not finite model inputs"):
+        base.load(LocalBlobStore(folder), DIGITS_BASE)
+
+
 def test_a_version_published_for_another_recipe_is_refused_by_publish_and_by_generate(tmp_path, base_models_dir):
     folder = tmp_path / "models"
     shutil.copytree(base_models_dir, folder)
@@ -347,7 +369,7 @@ def test_marked_kernels_are_set_exactly_and_the_biases_keep_each_layers_average_
     keras.utils.set_random_seed(4)
     network = keras.Sequential([  # the marked layers linear, so their outputs are their pre-activations
         keras.Input((20, 3)),
-        keras.layers.Conv1D(6, 3, name="conv"), keras.layers.ReLU(), keras.layers.Flatten(),
+        keras.layers.Conv1D(6, 3, strides=2, padding="same", name="conv"), keras.layers.ReLU(), keras.layers.Flatten(),
         keras.layers.Dense(8, name="dense"), keras.layers.ReLU(),
         keras.layers.Dense(4, use_bias=False, name="no_bias"),
     ])
@@ -372,3 +394,8 @@ def test_marked_kernels_are_set_exactly_and_the_biases_keep_each_layers_average_
     for was, moved, now in zip(before, drifted, kept):
         assert np.max(np.abs(moved - was)) > 0.05  # the mark alone shifts the averages ...
         np.testing.assert_allclose(now, was, atol=1e-4)  # ... the biases take the shift back
+
+    with pytest.raises(KeyError, match="no layer 'nope'"):
+        model.set_kernels(network, {"nope": marked["dense"]})
+    with pytest.raises(ValueError, match="layer 'conv': keeping its mean would leave a bias that is not finite"):
+        model.set_kernels(network, marked, keep_means_on=np.full_like(probe, np.inf))

@@ -31,11 +31,9 @@ class Weights:
     config: dict | None = None
 
     @classmethod
-    def of(cls, read: ReadModel, like=None) -> "Weights":
-        """A file's weights; with `like` (a Keras model of the same architecture), in its kernel shapes and
-        with its config."""
-        if like is None:
-            return cls(list(read.kernels), list(read.biases))
+    def of(cls, read: ReadModel, like) -> "Weights":
+        """A file's weights in the kernel shapes and with the config of `like`, a Keras model of the same
+        architecture."""
         shapes = [layer.kernel.shape for layer in like.layers if type(layer).__name__ in KINDS]
         return cls([k.reshape(shape) for k, shape in zip(read.kernels, shapes, strict=True)], list(read.biases),
                    like.get_config())

@@ -1,6 +1,6 @@
 """The anchor we measure against: an Uchida et al. (2017) style projection watermark.
 
-Each user has a secret projection X (256 x the first layer's weights) and 256 secret bits b. Embedding is
+Each user has a secret projection X (256 x one layer's weights: bench/robustness.py takes the largest kernel) and 256 secret bits b. Embedding is
 Uchida's regularizer applied after fine-tuning: gradient steps on the binary cross-entropy of sigmoid(X w)
 against b, until every bit reads right with a margin. Extraction reads sign(X w) from the file as it is
 (no base model, no alignment, as in the paper), and accuses by the binomial tail of matching bits.
