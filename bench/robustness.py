@@ -9,7 +9,8 @@ Uchida-style, per-user key, 256 bits, in the kernel with the most weights: digit
 edit Dense and convolution kernels alike, watermark/research/attacks.py). Both detectors judge the same attacked file: ours (aligned, informed, accusing at alpha / M) and the
 anchor's (sign extraction, binomial tail, accusing at the same alpha / M). Per attack: the attacked accuracy on the user's held-out data; whether it stays within 5
 points (only then does the attack count); the true user's rank and p-value; whether the true user was accused
-at alpha 1e-9; how many innocents were. Collusion: groups of k users pooling their models. Null trials: every
+at alpha 1e-9; how many innocents were. Collusion: groups of k users pooling their models. Copies: five users
+each ask for four more models and pool k of their own copies (midpoint, mean, median). Null trials: every
 issued model scored against never-issued codewords (at least 10,000 pairs), plus models never issued (the base
 model and a model trained from another seed) against the ledger: the empirical distribution of z is plotted
 against the bound exp(-z^2/2) into --out/null-scores.png.
@@ -64,22 +65,32 @@ def held(user: str, recipe: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def issue(users: int, workdir: Path, strength: float, recipe: str):
-    ports = local_ports(Settings(workdir=workdir, watermark_strength=strength, recipe=recipe))
+    ports = local_ports(Settings(workdir=workdir, watermark_strength=strength, recipe=recipe, user_model_limit=100))
     base_model.publish(recipes.load(recipe), ports.models, "bench")
     subscribe_steps(ports.bus, ports)
-    keys = {f"user-{i:03d}": ec.generate_private_key(ec.SECP256R1()) for i in range(1, users + 1)}
-    for user, key in keys.items():
+    names = [f"user-{i:03d}" for i in range(1, users + 1)]
+    for user in names:
         ports.user_data.put(f"{user}/data.npz", simulated.to_npz(simulated.user_data(recipe, user)))
+    return ports, {user: copies[0] for user, copies in sign_up(ports, names, 1, recipe).items()}
+
+
+def sign_up(ports, users: list[str], copies: int, recipe: str, first: int = 1) -> dict[str, list[Weights]]:
+    """Each user signs up `copies` times (request ids r<first>, r<first + 1>, ...); their models, as read back."""
+    keys = {(user, f"r{n}"): ec.generate_private_key(ec.SECP256R1())
+            for user in users for n in range(first, first + copies)}
+    for (user, request), key in keys.items():
         ports.bus.publish(ports.settings.topics.signup,
-                          Signup(request_id="r1", user_id=user, device_public_key=public_key_b64(key),
+                          Signup(request_id=request, user_id=user, device_public_key=public_key_b64(key),
                                  data_ref=f"{user}/data.npz").to_dict())
     ports.bus.drain()
-    models, like = {}, recipes.load(recipe).build()
+    models, like = defaultdict(list), recipes.load(recipe).build()
     for message in ports.bus.journal(ports.settings.topics.ready):
         ready = Ready.parse(message)
-        tflite = open_sealed_bytes(fetch_local_url(ready.download_url, ports.clock()), keys[ready.user_id])[1]
-        models[ready.user_id] = Weights.of(read_tflite(tflite), like)
-    return ports, models
+        key = keys.get((ready.user_id, ready.request_id))
+        if key is not None:
+            tflite = open_sealed_bytes(fetch_local_url(ready.download_url, ports.clock()), key)[1]
+            models[ready.user_id].append(Weights.of(read_tflite(tflite), like))
+    return models
 
 
 def weight_attacks(rng: np.random.Generator, recipe: str):
@@ -104,6 +115,10 @@ def weight_attacks(rng: np.random.Generator, recipe: str):
     table += [("permute+scale", "0.5-2x", lambda w, u: attacks.permute_and_scale(w, rng))]
     table += [("dummy neurons", f"+{int(x * 100)}%", lambda w, u, x=x: attacks.permute_and_scale(
         attacks.dummy_neurons(w, x, rng), rng)) for x in (0.1, 0.3, 0.5)]
+    table += [("head null-space shift", f"{s} sd", lambda w, u, s=s: attacks.head_shift(w, s, rng))
+              for s in (1, 10, 50)]
+    table += [("inactive-neuron flood", f"{int(f * 100)}%, {s} sd", lambda w, u, f=f, s=s: attacks.permute_and_scale(
+        attacks.inactive_flood(w, f, s, rng), rng)) for f, s in ((0.02, 20), (0.1, 20), (0.3, 10))]
     return table
 
 
@@ -214,6 +229,27 @@ def main() -> None:
             collusion.add_row(str(k), how, f"{100 * statistics.mean(drops):.1f} pts", f"{some}/5", f"{every}/5",
                               str(innocents), f"{anchor_some}/5", str(anchor_innocents))
     Console(width=160).print(collusion)
+
+    copies = Table(title="A user's own copies pooled (one identity: the same codeword in each)")
+    for column in ("k", "how", "acc. drop (mean)", "user accused", "innocents accused", "median log10 p"):
+        copies.add_column(column, justify="right")
+    owners = users[:5]
+    more = sign_up(ports, owners, 4, args.recipe, first=2)  # r2..r5 beside each owner's r1
+    for k in (2, 3, 5):
+        for how in ("midpoint", "mean", "median"):
+            right = innocents = 0
+            drops, log10_p = [], []
+            for user in owners:
+                pooled = attacks.collude([issued[user]] + more[user][:k - 1], how, rng)
+                x, y = held(user, args.recipe)
+                drops.append(issued[user].accuracy(x, y) - pooled.accuracy(x, y))
+                verdict = judge(pooled.read())
+                right += user in verdict.accused
+                innocents += len(set(verdict.accused) - {user})
+                log10_p.append(next((c.log10_p_value for c in verdict.candidates if c.user_id == user), 0.0))
+            copies.add_row(str(k), how, f"{100 * statistics.mean(drops):.1f} pts", f"{right}/{len(owners)}",
+                           str(innocents), f"{statistics.median(log10_p):.1f}")
+    Console(width=160).print(copies)
 
     null_trials(ports, models, args.recipe, args.out, rng)
     shutil.rmtree(workdir, ignore_errors=True)

@@ -29,6 +29,7 @@ from rich.table import Table  # noqa: E402
 
 from infra.local_kms import LocalKms  # noqa: E402
 from watermark.codeword import codeword_seed, expand  # noqa: E402
+from watermark.identity import IDENTITY_SCHEME, Identity  # noqa: E402
 from watermark.detect import Residual, z_scores  # noqa: E402
 
 CODEWORD_LENGTH = 64 * 128 + 128 * 32 + 32 * 10
@@ -42,10 +43,11 @@ def main() -> None:
     kms = LocalKms(Path(tempfile.mkdtemp()) / "keys.json")
     weights = np.random.default_rng(0).normal(size=CODEWORD_LENGTH)
     residual = Residual.of_vector(weights, float(np.max(np.abs(weights))))
-    model_ids = [f"m-{i:032x}" for i in range(args.models)]
+    identities = [Identity.of(IDENTITY_SCHEME, user_id=f"user-{i:07d}", base_model_version="digits-mlp-v3",
+                              model_id="", key_id=kms.fingerprint_key_id) for i in range(args.models)]
 
     started = time.perf_counter()
-    seeds = [codeword_seed(kms, model_id, kms.fingerprint_key_id) for model_id in model_ids]
+    seeds = [codeword_seed(kms, identity) for identity in identities]
     seeding = time.perf_counter() - started
     with Progress(TextColumn("ranking"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=Console(stderr=True), transient=True) as bars:

@@ -71,7 +71,7 @@ def describe(recipe: Recipe, keras_model) -> PublishedBase:
     layers = tuple(BaseLayer(name, kind, kernel, name in recipe.fingerprint_layers)
                    for name, kind, kernel in model.weight_layers(keras_model))
     return base.with_positions(recipe.base_version, recipe.name, recipe.input_shape, recipe.classes, layers,
-                               np.asarray(recipe.probe_inputs(), dtype=np.float32))
+                               np.asarray(recipe.probe_inputs(), dtype=np.float32), model.head(keras_model))
 
 
 def load_model(recipe: Recipe, models: BlobStore):

@@ -67,6 +67,23 @@ def weight_layers(model: keras.Model) -> list[tuple[str, str, np.ndarray]]:
     return found
 
 
+def head(model: keras.Model) -> str:
+    """"softmax" when the model's output is a softmax of its last weight layer's output, else "other": the
+    verifier then knows that a vector added to every class column of that layer changes nothing."""
+    weight_layers = [i for i, layer in enumerate(model.layers) if type(layer) in WEIGHT_LAYERS]
+    if not weight_layers:
+        return "other"
+    last = model.layers[weight_layers[-1]]
+    after = model.layers[weight_layers[-1] + 1:]
+    activations = [getattr(last, "activation", None)] + [getattr(layer, "activation", None) for layer in after
+                                                        if isinstance(layer, keras.layers.Activation)]
+    softmaxes = sum(activation is keras.activations.softmax for activation in activations)
+    linear = all(activation in (None, keras.activations.linear, keras.activations.softmax) for activation in activations)
+    others = [layer for layer in after if not isinstance(layer, (keras.layers.Activation, keras.layers.Softmax))]
+    softmaxes += sum(isinstance(layer, keras.layers.Softmax) for layer in after)
+    return "softmax" if softmaxes == 1 and linear and not others else "other"
+
+
 def set_kernels(model: keras.Model, kernels: dict[str, np.ndarray], keep_means_on: np.ndarray | None = None) -> None:
     """Replace the kernels of the named layers.
 

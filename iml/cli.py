@@ -61,11 +61,15 @@ RECIPE_OPTION = click.option("--recipe", default=None, metavar="NAME",
 @click.option("--user-data", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="A folder of DIR/<user_id>.npz files (x, y, optional x_eval, y_eval): one user each, instead "
                    "of simulated users.")
+@click.option("--models-per-user", type=click.IntRange(1, 10), default=1, show_default=True,
+              help="Models issued to each user (one signup each): all carry the user's one fingerprint, so "
+                   "comparing them reveals nothing of it.")
 @RECIPE_OPTION
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path("demo-run"),
               show_default=True, help="Folder for buckets, keys, ledger, devices (reused: the base model is kept).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout instead of tables.")
-def demo(users: int, user_data: Path | None, recipe: str | None, workdir: Path, as_json: bool) -> None:
+def demo(users: int, user_data: Path | None, models_per_user: int, recipe: str | None, workdir: Path,
+         as_json: bool) -> None:
     """Run the whole pipeline for N simulated users (or the users of --user-data) on embedded defaults: no cloud,
     no network. The recipe's base model is published first if the workdir has none."""
     from functions.recipes import RecipeError, RecipeNotInstalled
@@ -94,7 +98,7 @@ def demo(users: int, user_data: Path | None, recipe: str | None, workdir: Path, 
     try:
         with log_file, bars, _quiet_tensorflow(_tensorflow_log(workdir)), _stdout_to_stderr(as_json):
             report = run_demo(users, workdir, hooks, recipe=recipe or os.environ.get("IML_RECIPE"),
-                              user_data=user_data)
+                              user_data=user_data, models_per_user=models_per_user)
     except (DemoError, RecipeNotInstalled, RecipeError, PermanentError) as error:
         _fail(str(error))
     if as_json:
@@ -543,8 +547,8 @@ def _print_demo(report: dict) -> None:
     from watermark.detect import format_p
 
     out = _wide_console()
-    table = Table(title=f"Individual models of recipe {report['recipe']} (base {report['base_model_version']}), one "
-                        f"per user: accuracy on each user's held-out data")
+    table = Table(title=f"Individual models of recipe {report['recipe']} (base {report['base_model_version']}), "
+                        f"{report['models_per_user']} per user: accuracy on each user's held-out data")
     table.add_column("user", no_wrap=True)
     table.add_column("model", no_wrap=True, min_width=34)  # whole: people copy model ids
     for column in ("base model", "unmarked", "marked", "on device"):
@@ -558,7 +562,8 @@ def _print_demo(report: dict) -> None:
     if leak:
         out.print(f"Leaked model of [bold]{leak['leaked_user']}[/]: accused {leak['accused'] or 'nobody'} "
                   f"(z = {leak['score']:.1f}, p = {format_p(leak['log10_p_value'])}, threshold "
-                  f"{format_p(leak['log10_p_threshold'])})")
+                  f"{format_p(leak['log10_p_threshold'])}); the accused identity's issued models: "
+                  f"{len(leak['accused_models'])}")
     out.print(f"Model never issued: accused {never['accused'] or 'nobody'} "
               f"(best p = {format_p(never['best_log10_p_value'])})")
     expiry = report["expiry"]
@@ -575,14 +580,15 @@ def _print_verdict(verdict, model_file: Path) -> None:
     from watermark.detect import format_p, z_threshold
 
     out = _wide_console()
-    table = Table(title=f"{_plain(model_file.name)}: best of {verdict.models_scored} scored issued models",
+    table = Table(title=f"{_plain(model_file.name)}: best of {verdict.identities_scored} scored fingerprint identities "
+                        f"(a user and a base model version; {verdict.records_read} issued models)",
                   box=box.SIMPLE_HEAD)
     table.add_column("user", no_wrap=True)
-    table.add_column("model", no_wrap=True, min_width=34)  # whole: people copy model ids
+    table.add_column("issued models", no_wrap=True, min_width=34)  # whole: people copy model ids
     for column in ("score z", "log10 p", "p-value", ""):
         table.add_column(column, justify="right")
     for c in verdict.candidates:
-        table.add_row(_plain(c.user_id), _plain(c.model_id), f"{c.score:.2f}", f"{c.log10_p_value:.2f}",
+        table.add_row(_plain(c.user_id), _plain("\n".join(c.model_ids)), f"{c.score:.2f}", f"{c.log10_p_value:.2f}",
                       format_p(c.log10_p_value), "accused" if c.accused else "")
     out.print(table)
     for line in verdict.excluded_records:  # read from the ledger before any signature was checked

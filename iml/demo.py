@@ -29,6 +29,8 @@ from watermark.detect import representable
 from watermark.verify import verify_file
 
 NEVER_ISSUED_USER = "never-issued"
+MAX_MODELS_PER_USER = 10
+DEMO_USER_MODEL_LIMIT = 1000
 DATA_OBJECT = "data.npz"  # each user's data object: <user_id>/data.npz in the user-data bucket
 _USER_FILE = re.compile(r"^([A-Za-z0-9_-]{1,64})\.npz$")
 
@@ -49,7 +51,7 @@ class Progress:
 class _Run:
     progress: Progress
     results: list[StepResult] = field(default_factory=list)
-    ready: dict[str, Ready] = field(default_factory=dict)
+    ready: dict[str, list[Ready]] = field(default_factory=dict)  # user id -> their models, in the order made
     timings: dict[str, float] = field(default_factory=dict)
 
     def done(self, stage: str, seconds: float) -> None:
@@ -58,16 +60,21 @@ class _Run:
 
 
 def run_demo(users: int, workdir: Path, progress: Progress = Progress(), settings: Settings | None = None,
-             recipe: str | None = None, user_data: Path | None = None) -> dict:
+             recipe: str | None = None, user_data: Path | None = None, models_per_user: int = 1) -> dict:
     """Run the pipeline for `users` simulated users of `recipe`, or for the users whose data files are in
-    `user_data` (DIR/<user_id>.npz)."""
+    `user_data` (DIR/<user_id>.npz); each user signs up `models_per_user` times and gets as many models (all
+    carrying the user's one fingerprint)."""
     from functions import recipes
 
     if user_data is None and not 1 <= users <= 100:
         raise DemoError("--users must be between 1 and 100")
+    if not 1 <= models_per_user <= MAX_MODELS_PER_USER:
+        raise DemoError(f"--models-per-user must be between 1 and {MAX_MODELS_PER_USER}")
     settings = settings or Settings(workdir=workdir)
     if recipe is not None:
         settings = replace(settings, recipe=recipe)
+    # the per-user limit counts every model admitted in its period, a reused workdir's earlier runs included
+    settings = replace(settings, user_model_limit=DEMO_USER_MODEL_LIMIT)
     chosen = recipes.load(settings.recipe)
     people = _brought_users(user_data) if user_data is not None else _simulated_users(chosen.name, users)
     clock = MovableClock()
@@ -95,33 +102,33 @@ def run_demo(users: int, workdir: Path, progress: Progress = Progress(), setting
     stamp = clock().strftime("%Y%m%dT%H%M%S")
     phones = [devices.Device.create(workdir / "devices" / user_id, user_id) for user_id in people]
     for stage in (name for name in STEPS if name != "expire"):  # what a signup goes through, in order
-        progress.on_stage(stage, len(phones))
+        progress.on_stage(stage, len(phones) * models_per_user)
     held_out = {}
     for phone in phones:
         raw = people[phone.user_id]()
         held_out[phone.user_id] = chosen.read_user_data(raw).held_out  # as generate will read it
         data_ref = f"{phone.user_id}/{DATA_OBJECT}"
         ports.user_data.put(data_ref, raw)
-        signup = Signup(request_id=f"demo-{stamp}-{phone.user_id}", user_id=phone.user_id,
-                        device_public_key=phone.public_key_b64, data_ref=data_ref)
-        ports.bus.publish(topics.signup, signup.to_dict())
+        for copy in range(1, models_per_user + 1):
+            signup = Signup(request_id=f"demo-{stamp}-{phone.user_id}-{copy}", user_id=phone.user_id,
+                            device_public_key=phone.public_key_b64, data_ref=data_ref)
+            ports.bus.publish(topics.signup, signup.to_dict())
     # 2-5. the pipeline runs until the bus is quiet
     ports.bus.drain()
 
     # 6. each device fetches, opens and runs its own model on its own held-out data; the base model beside it
-    progress.on_stage("device", len(phones))
-    on_device: dict[str, float] = {}
-    base_accuracy: dict[str, float] = {}
+    progress.on_stage("device", len(phones) * models_per_user)
+    on_device: dict[str, float] = {}  # model id -> accuracy
+    base_accuracy: dict[str, float] = {}  # user id -> accuracy
     base_tflite = _base_tflite(chosen, ports)
     for phone in phones:
-        started = time.perf_counter()
-        if phone.user_id in run.ready:
-            ready = run.ready[phone.user_id]
+        data = held_out[phone.user_id]
+        base_accuracy[phone.user_id] = devices.accuracy(base_tflite, data.x, data.y)
+        for ready in run.ready.get(phone.user_id, []):
+            started = time.perf_counter()
             tflite = phone.receive(fetch_local_url(ready.download_url, clock()), ready.model_id)
-            data = held_out[phone.user_id]
-            on_device[phone.user_id] = devices.accuracy(tflite, data.x, data.y)
-            base_accuracy[phone.user_id] = devices.accuracy(base_tflite, data.x, data.y)
-        run.done("device", time.perf_counter() - started)
+            on_device[ready.model_id] = devices.accuracy(tflite, data.x, data.y)
+            run.done("device", time.perf_counter() - started)
 
     # 7. one decrypted model leaks; the verifier names its user. A model never issued names nobody.
     progress.on_stage("verify", 2)
@@ -134,7 +141,8 @@ def run_demo(users: int, workdir: Path, progress: Progress = Progress(), setting
     clock.advance(settings.model_max_age + timedelta(minutes=1))
     ports.bus.publish(topics.expire, {"schema_version": 1, "reason": "demo: clock moved past the TTL"})
     ports.bus.drain()
-    ours = {ready.model_id for ready in run.ready.values()}  # a reused workdir holds earlier runs' records
+    # a reused workdir holds earlier runs' records
+    ours = {ready.model_id for made in run.ready.values() for ready in made}
     expired_records = [e for e in ports.ledger.entries("expired") if e.valid and e.record["model_id"] in ours]
 
     issued = {}
@@ -148,7 +156,8 @@ def run_demo(users: int, workdir: Path, progress: Progress = Progress(), setting
         "workdir": str(workdir),
         "recipe": chosen.name,
         "base_model_version": chosen.base_version,
-        "users": [_user_row(phone, run, issued, on_device, base_accuracy) for phone in phones],
+        "models_per_user": models_per_user,
+        "users": [row for phone in phones for row in _user_rows(phone, run, issued, on_device, base_accuracy)],
         "leak": leak,
         "never_issued": never_issued,
         "expiry": {
@@ -166,22 +175,25 @@ def run_demo(users: int, workdir: Path, progress: Progress = Progress(), setting
 
 def _keep_ready(run: _Run, payload: bytes) -> None:
     ready = Ready.parse(json.loads(payload))
-    run.ready[ready.user_id] = ready
+    run.ready.setdefault(ready.user_id, []).append(ready)
 
 
-def _user_row(phone: devices.Device, run: _Run, issued: dict[str, IssuedModel], on_device: dict,
-              base_accuracy: dict) -> dict:
-    ready = run.ready.get(phone.user_id)
-    record = issued.get(ready.model_id) if ready else None
-    return {
-        "user_id": phone.user_id,
-        "model_id": ready.model_id if ready else None,
-        "accuracy_base_model": base_accuracy.get(phone.user_id),
-        "accuracy_unwatermarked": record.accuracy_unwatermarked if record else None,
-        "accuracy_watermarked": record.accuracy_watermarked if record else None,
-        "accuracy_on_device": on_device.get(phone.user_id),
-        "sealed_sha256": ready.sealed_sha256 if ready else None,
-    }
+def _user_rows(phone: devices.Device, run: _Run, issued: dict[str, IssuedModel], on_device: dict,
+               base_accuracy: dict) -> list[dict]:
+    """One row per model the user received; one row without a model when none arrived."""
+    rows = []
+    for ready in run.ready.get(phone.user_id) or [None]:
+        record = issued.get(ready.model_id) if ready else None
+        rows.append({
+            "user_id": phone.user_id,
+            "model_id": ready.model_id if ready else None,
+            "accuracy_base_model": base_accuracy.get(phone.user_id),
+            "accuracy_unwatermarked": record.accuracy_unwatermarked if record else None,
+            "accuracy_watermarked": record.accuracy_watermarked if record else None,
+            "accuracy_on_device": on_device.get(ready.model_id) if ready else None,
+            "sealed_sha256": ready.sealed_sha256 if ready else None,
+        })
+    return rows
 
 
 def _leak(phones, run: _Run, workdir: Path, ports) -> dict | None:
@@ -196,7 +208,9 @@ def _leak(phones, run: _Run, workdir: Path, ports) -> dict | None:
     return _with_p_values({
         "file": str(leaked),
         "leaked_user": leaker.user_id,
+        "leaked_model": run.ready[leaker.user_id][-1].model_id,
         "accused": verdict.accused,
+        "accused_models": [model for c in verdict.candidates if c.accused for model in c.model_ids],
         "score": best.score,
     }, log10_p_value=best.log10_p_value, log10_p_threshold=verdict.log10_p_threshold)
 

@@ -46,6 +46,7 @@ class IssuedModel:
     base_model_version: str
     recipe: str  # the recipe the model was made by (the verifier reads the published base, never the recipe)
     fingerprint_key_id: str  # the fingerprint key version its codeword was derived under
+    fingerprint_scheme: str  # what the codeword derives from (watermark.codeword.SCHEMES)
     watermark_strength: float
     accuracy_unwatermarked: float
     accuracy_watermarked: float
@@ -71,14 +72,17 @@ class IssuedModel:
     @classmethod
     def from_record(cls, record: dict) -> "IssuedModel":
         """The record read back; ValueError when it is not one (a field missing, extra, or of the wrong type)."""
-        if record.get("kind") != cls.KIND or record.keys() not in (_ISSUED_RECORD_KEYS, _BEFORE_RECIPES):
+        if record.get("kind") != cls.KIND or record.keys() not in _EARLIER_RECORD_KEYS:
             raise ValueError("not an issued-model record")
-        return cls(**{name: record.get(name, "") for name in _ISSUED_FIELDS})
+        return cls(**{name: record.get(name, _EARLIER_DEFAULTS.get(name)) for name in _ISSUED_FIELDS})
 
 
 _ISSUED_FIELDS = {f.name: f.type for f in fields(IssuedModel)}  # name -> "str" or "float"
 _ISSUED_RECORD_KEYS = _ISSUED_FIELDS.keys() | {"kind", "recorded_at"}
-_BEFORE_RECIPES = _ISSUED_RECORD_KEYS - {"recipe"}  # records written before recipes existed: recipe reads ""
+# Records written before a field existed read it as its default: no recipe, and codewords per model id.
+_EARLIER_DEFAULTS = {"recipe": "", "fingerprint_scheme": "model-v1"}
+_BEFORE_IDENTITIES = _ISSUED_RECORD_KEYS - {"fingerprint_scheme"}
+_EARLIER_RECORD_KEYS = (_ISSUED_RECORD_KEYS, _BEFORE_IDENTITIES, _BEFORE_IDENTITIES - {"recipe"})
 
 
 @dataclass(frozen=True)

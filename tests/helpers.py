@@ -23,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CROWD_SIZE = 1000  # issued records beside alice's, bob's and carol's in the `crowd` fixture's ledger
 SOURCE = "alice"  # whose issued model the crafted files are made from
 FACTS = {"generated_at": "2026-11-21T12:00:00+00:00", "accuracy_unwatermarked": 0.95,
-         "accuracy_watermarked": 0.949, "fingerprint_key_id": "local-fingerprint-0", "watermark_strength": 0.08}
+         "accuracy_watermarked": 0.949, "fingerprint_key_id": "local-fingerprint-0", "watermark_strength": 0.08,
+         "fingerprint_scheme": "identity-v2"}
 
 
 TEST_USERS = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan", "judy", "kate", "liam",
@@ -42,7 +43,7 @@ def make_signup(user_id: str, request_id: str = "req-1", key: ec.EllipticCurvePr
                   data_ref=f"{user_id}/data.npz" if data_ref == "" else data_ref)
 
 
-def dense_base(kernels: list, version: str = "test-v1"):
+def dense_base(kernels: list, version: str = "test-v1", head: str = "other"):
     """A published base (watermark.base) of Dense kernels, every one a carrier, as tests build them by hand."""
     import numpy as np
 
@@ -50,10 +51,10 @@ def dense_base(kernels: list, version: str = "test-v1"):
 
     layers = tuple(BaseLayer(f"dense_{i}", "dense", kernel, True) for i, kernel in enumerate(kernels, start=1))
     return with_positions(version, "test", kernels[0].shape[:1], kernels[-1].shape[1], layers,
-                          np.zeros((1, kernels[0].shape[0]), np.float32))
+                          np.zeros((1, kernels[0].shape[0]), np.float32), head)
 
 
-def issue_models(ports, users) -> dict[str, bytes]:
+def issue_models(ports, users, request_id: str = "req-1") -> dict[str, bytes]:
     """Sign `users` up (their data in place) through every step on the in-process bus; each user's decrypted
     TFLite file, as their device opens it."""
     from functions.events import Ready
@@ -64,12 +65,12 @@ def issue_models(ports, users) -> dict[str, bytes]:
     subscribe_steps(ports.bus, ports)
     keys = {user: ec.generate_private_key(ec.SECP256R1()) for user in users}
     for user, key in keys.items():
-        ports.bus.publish(ports.settings.topics.signup, make_signup(user, key=key).to_dict())
+        ports.bus.publish(ports.settings.topics.signup, make_signup(user, request_id, key=key).to_dict())
     ports.bus.drain()
     tflite = {}
     for message in ports.bus.journal(ports.settings.topics.ready):
         ready = Ready.parse(message)
-        if ready.user_id not in keys:
+        if ready.user_id not in keys or ready.request_id != request_id:
             continue  # announced before this call, by an earlier one on the same workdir
         tflite[ready.user_id] = open_sealed_bytes(fetch_local_url(ready.download_url, ports.clock()),
                                                   keys[ready.user_id])[1]

@@ -31,6 +31,7 @@ from infra.ports import BlobStore
 MAX_POSITIONS = 65_536
 LAYER_KINDS = {"dense": 2, "conv1d": 3, "conv2d": 4, "depthwise_conv2d": 4}  # kind -> its kernel's dimensions
 FORMAT = 1
+HEADS = ("softmax", "other")  # what the output is made of the last weight layer's output
 VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")  # it names a folder of the models bucket
 
 
@@ -71,6 +72,7 @@ class PublishedBase:
     layers: tuple[BaseLayer, ...]
     positions: np.ndarray  # int64, sorted, distinct: indices into the carriers' kernels, raveled and joined
     probe: np.ndarray  # model inputs: the watermark step keeps its marked layers' mean pre-activations on them
+    head: str  # a key of HEADS: "softmax" when the output is a softmax of the last weight layer's
 
     @property
     def carriers(self) -> list[BaseLayer]:
@@ -104,11 +106,11 @@ def select_positions(version: str, carrier_sizes: list[int], limit: int = MAX_PO
 
 
 def with_positions(version: str, recipe: str, input_shape: tuple[int, ...], classes: int,
-                   layers: tuple[BaseLayer, ...], probe: np.ndarray) -> PublishedBase:
+                   layers: tuple[BaseLayer, ...], probe: np.ndarray, head: str = "other") -> PublishedBase:
     """A base to publish: its carrier positions selected for `version`."""
     sizes = [layer.kernel.size for layer in layers if layer.carrier]
     return PublishedBase(version, recipe, tuple(input_shape), classes, tuple(layers),
-                         select_positions(version, sizes), probe)
+                         select_positions(version, sizes), probe, head)
 
 
 def published_objects(base: PublishedBase, model_bytes: bytes, published_at: str) -> list[tuple[str, bytes]]:
@@ -122,6 +124,7 @@ def published_objects(base: PublishedBase, model_bytes: bytes, published_at: str
         "recipe": base.recipe,
         "input_shape": list(base.input_shape),
         "classes": base.classes,
+        "head": base.head,
         "layers": [{"name": layer.name, "kind": layer.kind, "shape": list(layer.kernel.shape),
                     "carrier": layer.carrier} for layer in base.layers],
         "codeword_length": base.codeword_length,
@@ -162,6 +165,7 @@ def manifest(models: BlobStore, version: str) -> dict:
         valid = (found["format"] == FORMAT and found["version"] == version and isinstance(found["recipe"], str)
                  and _whole_numbers(found["input_shape"]) and _whole_numbers([found["classes"]])
                  and _whole_numbers([found["codeword_length"]]) and isinstance(layers, list) and 0 < len(layers) <= 256
+                 and found.get("head", "other") in HEADS  # manifests written before it: "other"
                  and all(isinstance(found[key], str) for key in ("weights_sha256", "model_sha256"))
                  and all(isinstance(layer, dict) and isinstance(layer.get("name"), str)
                          and layer.get("kind") in LAYER_KINDS and _whole_numbers(layer.get("shape"))
@@ -198,7 +202,7 @@ def load(models: BlobStore, version: str) -> PublishedBase:
                                      spec["carrier"]) for i, spec in enumerate(found["layers"]))
             positions, probe = arrays["positions"], arrays["probe"]
         base = PublishedBase(version, found["recipe"], tuple(found["input_shape"]), found["classes"], layers,
-                             positions.astype(np.int64), probe)
+                             positions.astype(np.int64), probe, found.get("head", "other"))
         _check(base, found)
     except BaseInvalid:
         raise

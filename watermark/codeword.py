@@ -1,8 +1,8 @@
-"""A model's codeword: n Rademacher signs (+1/-1) derived from the fingerprint secret and the model id.
+"""A fingerprint identity's codeword (watermark.identity): n Rademacher signs (+1/-1) from the fingerprint secret.
 
-The KMS port computes HMAC-SHA256(secret, domain || model id) (the secret never leaves it); SHAKE-256 expands
-that seed to n bits. Codewords of different models are then independent uniform signs to anyone without the
-secret, which is what the accusation bound in watermark.detect rests on.
+The KMS port computes HMAC-SHA256(secret, domain || identity) (the secret never leaves it); SHAKE-256 expands
+that seed to n bits. Codewords of different identities are then independent uniform signs to anyone without
+the secret, which is what the accusation bound in watermark.detect rests on.
 """
 from __future__ import annotations
 
@@ -11,13 +11,12 @@ import hashlib
 import numpy as np
 
 from infra.ports import Kms
+from watermark.identity import Identity
 
-DOMAIN = b"iml-fingerprint-v1\0"
 
-
-def codeword_seed(kms: Kms, model_id: str, key_id: str) -> bytes:
-    """The seed under fingerprint key version `key_id`: the one the model's ledger record names."""
-    return kms.fingerprint_mac(DOMAIN + model_id.encode(), key_id)
+def codeword_seed(kms: Kms, identity: Identity) -> bytes:
+    """The seed under the fingerprint key version the identity names (its ledger records name it)."""
+    return kms.fingerprint_mac(identity.message, identity.key_id)
 
 
 def expand(seed: bytes, n: int) -> np.ndarray:

@@ -59,29 +59,42 @@ class Residual:
     @classmethod
     def of(cls, aligned: list[np.ndarray], base: PublishedBase, bound: float = RESIDUAL_BOUND) -> Residual:
         """The aligned suspect's kernels (every layer of the base, in its shapes; the carriers are read) minus
-        the base's at the published positions, weighted per layer. Weights the suspect holds at exactly zero
-        (pruned) say nothing about any codeword and are left out; that choice looks at the suspect alone. Raises
+        the base's at the published positions, with what the function ignores taken out and each block scaled
+        to unit RMS (see `blocks`). Weights the suspect holds at exactly zero (pruned) say nothing about any
+        codeword and are left out. Every step looks at the suspect and the base alone. Raises
         ImplausibleWeights, naming the layer, for a non-finite weight or one beyond `bound` spreads, anywhere in
-        a carrier kernel (the bound keeps the exact integers in range; the other layers enter no score)."""
+        a carrier kernel (the other layers enter no score)."""
         if len(aligned) != len(base.layers):
             raise ScoringError(f"{len(aligned)} aligned kernels for the base model's {len(base.layers)} layers")
-        carriers = [suspect for suspect, layer in zip(aligned, base.layers) if layer.carrier]
-        parts = []
-        for suspect, layer, positions, spread in zip(carriers, base.carriers, base.segments, base.spreads, strict=True):
+        parts, largest_block = [], 1
+        carriers = [(index, suspect) for index, (suspect, layer) in enumerate(zip(aligned, base.layers))
+                    if layer.carrier]
+        for (index, suspect), layer, positions, spread in zip(carriers, base.carriers, base.segments, base.spreads,
+                                                            strict=True):
             name = f"layer {layer.name!r}"
             if not math.isfinite(spread) or spread <= 0:
                 raise ImplausibleWeights(name, "the base model's kernel has no spread to measure against")
             if not np.all(np.isfinite(suspect)):
                 raise ImplausibleWeights(name, "after alignment a weight is not finite")
-            moved = np.where(suspect != 0, suspect - layer.kernel, 0.0).ravel()
-            furthest = float(np.max(np.abs(moved), initial=0.0)) / spread
+            moved = suspect - layer.kernel
+            if index == len(base.layers) - 1 and base.head == "softmax":
+                moved = moved - moved.mean(axis=-1, keepdims=True)  # softmax ignores what all classes share
+            furthest = float(np.max(np.abs(np.where(suspect != 0, moved, 0.0)), initial=0.0)) / spread
             if not furthest <= bound:
                 raise ImplausibleWeights(
                     name, f"a weight lies {furthest:.3g} base spreads from the base model's (a descendant of "
                           f"the base model stays within {bound:g}); refusing to score an implausible file")
-            parts.append(spread * moved[positions])
-        limit = bound * max(spread * spread for spread in base.spreads) * (1 + 1e-9)  # room for one rounding
-        return cls.of_vector(np.concatenate(parts), limit)
+            kept = (suspect != 0).ravel()[positions]
+            values = np.where(kept, moved.ravel()[positions], 0.0)
+            block = blocks(base, index)[positions]
+            counts = np.bincount(block, weights=kept.astype(np.float64))
+            energy = np.bincount(block, weights=values * values)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                scale = np.where(energy > 0, np.sqrt(counts / energy), 0.0)  # 1 / RMS of the block's kept values
+            parts.append(values * scale[block])
+            largest_block = max(largest_block, int(counts.max(initial=1)))
+        # |a_i| <= sqrt(its block's count), room for one rounding
+        return cls.of_vector(np.concatenate(parts), math.sqrt(largest_block) * (1 + 1e-9))
 
     @classmethod
     def of_vector(cls, a: np.ndarray, limit: float) -> Residual:
@@ -105,6 +118,19 @@ class Residual:
     def z_limit(self) -> float:
         """||a||_1 / ||a||_2: no codeword can score more, in either direction."""
         return self.l1 / math.sqrt(self.squared_norm) if self.squared_norm else 0.0
+
+
+def blocks(base: PublishedBase, index: int) -> np.ndarray:
+    """For every weight of layer `index`'s kernel (raveled), its block: the input unit it reads. A Dense row, a
+    convolution's input channel at every tap, and after a flatten a channel at every location. A unit the
+    function ignores (an input that is always 0, a neuron that never fires) or one given weights to drown the
+    mark then fills one block, which counts no more than any other once scaled to unit RMS."""
+    layer = base.layers[index]
+    shape = layer.kernel.shape
+    inputs = np.arange(shape[-2])
+    if layer.kind == "dense" and index > 0 and base.layers[index - 1].kind != "dense":
+        inputs = inputs % base.layers[index - 1].kernel.shape[-1]  # flattened channels last
+    return np.broadcast_to(inputs[:, None], shape).ravel()
 
 
 class Scorer:

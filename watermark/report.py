@@ -24,10 +24,10 @@ from watermark.detect import format_p, z_threshold
 from watermark.errors import ReportExists
 from watermark.verify import Verdict
 
-BOUND = ("For an innocent user's model j, the codeword c_j is independent of the file, so by Hoeffding's "
+BOUND = ("For an innocent user's fingerprint identity j, the codeword c_j is independent of the file, so by Hoeffding's "
          "inequality P(z_j >= z) <= exp(-z^2/2) whatever the file's weights; p_j = exp(-z_j^2/2), reported as "
          "log10 p_j = -z_j^2 / (2 ln 10) (p_j itself underflows a double above z = 38.6; it is never 0). A user is "
-         "accused only when p_j <= alpha / M (M issued models), so the probability of accusing any innocent "
+         "accused only when p_j <= alpha / M (M fingerprint identities: a user and a base model version each), so the probability of accusing any innocent "
          "user is at most alpha (docs/verifier.md).")
 PRECONDITIONS = (
     "Custody of the fingerprint key: nobody who could craft the file held the fingerprint key (Cloud KMS) or "
@@ -159,18 +159,18 @@ def _plot(verdict: Verdict) -> str:
     scores = verdict.scores if verdict.scores.size else np.zeros(1)
     if scores.size <= 500:  # few enough to show one point each
         jitter = np.random.default_rng(0).uniform(-0.3, 0.3, scores.size)
-        axis.scatter(scores, jitter, s=14, color="#1f77b4", label=f"{verdict.models_scored} issued models")
+        axis.scatter(scores, jitter, s=14, color="#1f77b4", label=f"{verdict.identities_scored} fingerprint identities")
         axis.set_yticks([])
     else:
-        axis.hist(scores, bins=200, color="#1f77b4", log=True, label=f"{verdict.models_scored} issued models")
-        axis.set_ylabel("models")
+        axis.hist(scores, bins=200, color="#1f77b4", log=True, label=f"{verdict.identities_scored} fingerprint identities")
+        axis.set_ylabel("identities")
     axis.axvline(threshold_z, color="#d62728", linewidth=2, label=f"threshold z = {threshold_z:.2f}")
     for candidate in verdict.candidates:
         if candidate.accused:
             axis.axvline(candidate.score, color="#2ca02c", linewidth=2)
             axis.annotate(f"accused: {candidate.user_id}", (candidate.score, 0.5), xycoords=("data", "axes fraction"),
                           rotation=90, va="center", ha="right", color="#2ca02c")
-    axis.set_xlabel("score z of each issued model's codeword")
+    axis.set_xlabel("score z of each identity's codeword")
     axis.set_xlim(min(scores.min(), -4) - 0.5, max(scores.max(), threshold_z) + 2)
     axis.legend(loc="upper center")
     figure.tight_layout()
@@ -182,11 +182,15 @@ def _plot(verdict: Verdict) -> str:
 
 def _html(body: dict, plot_uri: str) -> str:
     e = html.escape
+
+    def code(text: str) -> str:
+        return f"<code>{e(text)}</code>"
+
     verdict = (f"Accused: {', '.join(body['accused'])}" if body["accused"]
                else "Nobody accused: no issued model's fingerprint is significant")
     review = "".join(f'<p class="review">{e(reason)}</p>' for reason in body["review_reasons"])
     rows = "".join(
-        f"<tr><td>{e(c['user_id'])}</td><td><code>{e(c['model_id'])}</code></td><td>{c['score']:.3f}</td>"
+        f"<tr><td>{e(c['user_id'])}</td><td>{'<br>'.join(map(code, c['model_ids']))}</td><td>{c['score']:.3f}</td>"
         f"<td>{c['log10_p_value']:.2f}</td><td>{format_p(c['log10_p_value'])}</td>"
         f"<td><code>{e(c['fingerprint_key_id'])}</code></td><td>{'accused' if c['accused'] else ''}</td></tr>"
         for c in body["candidates"])
@@ -216,10 +220,11 @@ pre {{ background: #f6f6f6; padding: .6rem; overflow-x: auto; }} pre.wrap {{ whi
 <h2>Alignment to the base model</h2><ul>{alignment}</ul>
 <h2>Scores</h2>
 <img id="scores" alt="score of every issued model against the threshold" src="{plot_uri}">
-<p>{body['models_ranked']} issued-model records read (M), {body['models_scored']} scored; alpha =
+<p>{body['identities_ranked']} fingerprint identities (M: a user and a base model version each) in the
+{body['records_read']} issued-model records read, {body['identities_scored']} scored; alpha =
 {body['alpha']:.3g}; accusation when p &le; {format_p(body['log10_p_threshold'])}, that is log<sub>10</sub> p &le;
 {body['log10_p_threshold']:.2f} (z &ge; {z_threshold(body['log10_p_threshold']):.2f}).</p>
-<table><tr><th>user</th><th>model</th><th>score z</th><th>log<sub>10</sub> p</th><th>p-value</th>
+<table><tr><th>user</th><th>issued models</th><th>score z</th><th>log<sub>10</sub> p</th><th>p-value</th>
 <th>fingerprint key version</th><th></th></tr>{rows}</table>
 <h2>The bound</h2><p>{e(body['bound'])}</p>
 <h2>What the number rests on</h2><ul>{preconditions}</ul>

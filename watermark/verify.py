@@ -2,8 +2,8 @@
 
 Reads the suspect's kernels (in a child process: watermark.sandbox), refuses non-finite weights, aligns the
 suspect to the base model each ledger record names, subtracts it, correlates the residual with the codeword
-of every issued model (derived under the fingerprint key version its record names), and accuses the users
-whose p-value clears alpha / M, M being every issued-model record read. Records that cannot be scored (a
+of every fingerprint identity (watermark.identity: a user and a base version, under the fingerprint key version
+its records name), and accuses the users whose p-value clears alpha / M, M being the identities read. Records that cannot be scored (a
 signature that fails, a key version or base model not at hand) are reported, never used, and still counted
 in M, which can only make the bound more conservative. See watermark.detect and docs/verifier.md.
 """
@@ -29,6 +29,7 @@ from watermark.codeword import codeword_seed
 from watermark.detect import (DEFAULT_ALPHA, Residual, log10_p_value, log10_threshold, representable,
                               z_scores)
 from watermark.errors import ImplausibleWeights, IncompatibleModel, NoLedger, VerificationError
+from watermark.identity import Identity
 from watermark.reader import ReadModel
 from watermark.sandbox import file_sha256, read_model_isolated, snapshot
 
@@ -40,11 +41,15 @@ MIN_MATCHED_SHARE = 0.75
 
 @dataclass(frozen=True)
 class Candidate:
+    """One fingerprint identity (user, base model version, fingerprint key version) and its score; every issued
+    model of that identity carries its codeword, so all of them are named."""
+
     user_id: str
-    model_id: str
+    model_ids: tuple[str, ...]  # the identity's issued models whose records verified, in ledger order
     score: float  # z
     log10_p_value: float
     fingerprint_key_id: str
+    fingerprint_scheme: str
     base_model_version: str
     accused: bool
 
@@ -53,9 +58,10 @@ class Candidate:
         return representable(self.log10_p_value)
 
     def to_dict(self) -> dict:
-        row = {"user_id": self.user_id, "model_id": self.model_id, "score": self.score,
+        row = {"user_id": self.user_id, "model_ids": list(self.model_ids), "score": self.score,
                "log10_p_value": self.log10_p_value, "fingerprint_key_id": self.fingerprint_key_id,
-               "base_model_version": self.base_model_version, "accused": self.accused}
+               "fingerprint_scheme": self.fingerprint_scheme, "base_model_version": self.base_model_version,
+               "accused": self.accused}
         if self.p_value is not None:
             row["p_value"] = self.p_value
         return row
@@ -66,8 +72,9 @@ class Verdict:
     file_sha256: str
     format: str
     alignment: list[str]
-    models_ranked: int  # M: every issued-model record read, scored or excluded
-    models_scored: int
+    identities_ranked: int  # M: the distinct fingerprint identities of the records read (see `verify`)
+    identities_scored: int
+    records_read: int  # issued-model records, valid or not
     alpha: float
     log10_p_threshold: float
     max_accused: int
@@ -91,8 +98,9 @@ class Verdict:
             "file_sha256": self.file_sha256,
             "format": self.format,
             "alignment": self.alignment,
-            "models_ranked": self.models_ranked,
-            "models_scored": self.models_scored,
+            "identities_ranked": self.identities_ranked,
+            "identities_scored": self.identities_scored,
+            "records_read": self.records_read,
             "alpha": self.alpha,
             "log10_p_threshold": self.log10_p_threshold,
             "accused": self.accused,
@@ -139,38 +147,46 @@ def verify(
     max_accused: int = DEFAULT_MAX_ACCUSED,
     progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> Verdict:
-    """Rank every issued model in the ledger against `suspect`. Signatures are checked for the records that
-    are shown or accused; a record whose signature fails is reported and never used."""
+    """Rank every fingerprint identity in the ledger against `suspect`. M counts the distinct identities of
+    the records read, and each record that names none (unreadable, malformed, an unknown scheme) as one more:
+    never fewer than the codewords that could be scored. Signatures are checked for the records of the
+    identities that are shown or accused; a record whose signature fails is reported and never used."""
     if not (0 < alpha < 1 and math.isfinite(alpha)):
         raise VerificationError(f"alpha must lie strictly between 0 and 1, not {alpha!r}")
     check_finite(suspect)
     entries = list(ledger.entries("issued", checked=False))
     if not entries:
         raise NoLedger("the ledger holds no record of an issued model")
-    threshold = log10_threshold(len(entries), alpha)
     excluded = [f"{e.name}: {e.problem}" for e in entries if e.valid is False]
-    groups: dict[str, list[_Record]] = defaultdict(list)
+    groups: dict[str, dict[Identity, list[_Record]]] = defaultdict(lambda: defaultdict(list))
+    nameless = len(excluded)
     for entry in entries:
         if entry.valid is False:
             continue
         try:
             issued = IssuedModel.from_record(entry.record)
+            identity = Identity.of_record(issued)
         except ValueError as error:
             excluded.append(f"{entry.name}: {error}")
+            nameless += 1
             continue
         if base.VERSION.match(issued.base_model_version):
-            groups[issued.base_model_version].append(_Record(entry, issued))
+            groups[issued.base_model_version][identity].append(_Record(entry, issued))
         else:
             excluded.append(f"{entry.name}: the record names no valid base model version")
-    scored: list[tuple[float, _Record]] = []
+            nameless += 1
+    identities = nameless + sum(len(group) for group in groups.values())
+    threshold = log10_threshold(identities, alpha)
+    scored: list[tuple[float, Identity, list[_Record]]] = []
     alignment_report: list[str] = []
     weak_alignment: list[str] = []
     incompatible: list[IncompatibleModel] = []
     for version, group in sorted(groups.items()):
+        records = [record for members in group.values() for record in members]
         try:
             published = base.load(models, version)
         except (BaseNotPublished, BaseInvalid) as error:
-            excluded += [f"{r.entry.name}: base model {version!r} is not at hand ({error})" for r in group]
+            excluded += [f"{r.entry.name}: base model {version!r} is not at hand ({error})" for r in records]
             continue
         try:
             aligned = align(suspect.kernels, [layer.kernel for layer in published.layers],
@@ -178,15 +194,16 @@ def verify(
         except IncompatibleModel as error:
             incompatible.append(error)
             excluded += [f"{r.entry.name}: the file cannot descend from base model {version!r} ({error})"
-                         for r in group]
+                         for r in records]
             continue
         alignment_report += [f"{version}: {line}" for line in aligned.report]
         weak_alignment += [f"alignment to {version} matched {found} of {total} base neurons of hidden layer {layer}"
                            for layer, (found, total) in enumerate(aligned.matched, start=1)
                            if found < MIN_MATCHED_SHARE * total]
         residual = Residual.of(aligned.kernels, published)
-        seeds, group = _codeword_seeds(kms, group, excluded)
-        scored += zip(z_scores(residual, seeds, progress=progress).tolist(), group)
+        seeds, kept = _codeword_seeds(kms, group, excluded)
+        scored += [(z, identity, group[identity])
+                   for z, identity in zip(z_scores(residual, seeds, progress=progress).tolist(), kept)]
     if not scored:
         if incompatible and len(incompatible) == len(groups):
             raise incompatible[0]
@@ -207,8 +224,9 @@ def verify(
         file_sha256=file_sha256,
         format=suspect.format,
         alignment=alignment_report,
-        models_ranked=len(entries),
-        models_scored=len(scored),
+        identities_ranked=identities,
+        identities_scored=len(scored),
+        records_read=len(entries),
         alpha=alpha,
         log10_p_threshold=threshold,
         max_accused=max_accused,
@@ -216,8 +234,8 @@ def verify(
         candidates=candidates[:top] + [c for c in candidates[top:] if c.accused],
         excluded_records=excluded,
         review_reasons=review,
-        accused_records=[checked_entries[c.model_id] for c in candidates if c.accused],
-        scores=np.array([z for z, _ in scored]),
+        accused_records=[checked_entries[model_id] for c in candidates if c.accused for model_id in c.model_ids],
+        scores=np.array([z for z, _, _ in scored]),
     )
 
 
@@ -235,52 +253,55 @@ class _Record:
     issued: IssuedModel
 
 
-def _codeword_seeds(kms: Kms, group: list[_Record], excluded: list[str]):
-    """Each record's codeword seed under the key version it names; records whose version is unavailable are
-    excluded (one KMS refusal settles a version)."""
+def _codeword_seeds(kms: Kms, group: dict[Identity, list[_Record]], excluded: list[str]):
+    """Each identity's codeword seed under the key version it names; the records of identities whose version
+    is unavailable are excluded (one KMS refusal settles a version)."""
     seeds, kept, unavailable = [], [], {}
-    for record in group:
-        version = record.issued.fingerprint_key_id
+    for identity, records in group.items():
+        version = identity.key_id
         if version not in unavailable:
             try:
-                seeds.append(codeword_seed(kms, record.issued.model_id, version))
-                kept.append(record)
+                seeds.append(codeword_seed(kms, identity))
+                kept.append(identity)
                 continue
             except KeyUnavailable as error:
                 unavailable[version] = str(error)
-        excluded.append(f"{record.entry.name}: fingerprint key version {version!r} is unavailable "
-                        f"({unavailable[version]})")
+        excluded += [f"{record.entry.name}: fingerprint key version {version!r} is unavailable "
+                     f"({unavailable[version]})" for record in records]
     return seeds, kept
 
 
-def _candidates(scored: list[tuple[float, _Record]], ledger: Ledger, threshold: float, top: int,
+def _candidates(scored: list[tuple[float, Identity, list[_Record]]], ledger: Ledger, threshold: float, top: int,
                 excluded: list[str]):
-    """Best first: check signatures until `top` are shown and every accusable record is settled. A record is
-    used only if its signature verifies, it reads as it did when it was scored, and it lies where its model id
-    puts it."""
-    scored.sort(key=lambda pair: pair[0], reverse=True)
+    """Best first: check signatures until `top` identities are shown and every accusable one is settled. A
+    record is used only if its signature verifies, it reads as it did when it was scored, and it lies where its
+    model id puts it; an identity stands on the records of it that are used, and on none without one."""
+    scored.sort(key=lambda item: item[0], reverse=True)
     candidates: list[Candidate] = []
     checked_entries: dict[str, LedgerEntry] = {}
-    for z, record in scored:
+    for z, identity, records in scored:
         log10_p = log10_p_value(z)
         if len(candidates) >= top and log10_p > threshold:
             break
-        name, issued = record.entry.name, record.issued
-        checked = ledger.check(record.entry)
-        if not checked.valid:
-            excluded.append(f"{name}: {checked.problem}")
-            continue
-        if checked.record != record.entry.record:
-            excluded.append(f"{name}: the record changed while it was being verified")
-            continue
-        if name != record_name(issued.model_id, IssuedModel.KIND):
-            excluded.append(f"{name}: not where its model id puts an issued-model record")
+        used = []
+        for record in records:
+            name, issued = record.entry.name, record.issued
+            checked = ledger.check(record.entry)
+            if not checked.valid:
+                excluded.append(f"{name}: {checked.problem}")
+            elif checked.record != record.entry.record:
+                excluded.append(f"{name}: the record changed while it was being verified")
+            elif name != record_name(issued.model_id, IssuedModel.KIND):
+                excluded.append(f"{name}: not where its model id puts an issued-model record")
+            else:
+                used.append(issued)
+                checked_entries[issued.model_id] = checked
+        if not used:
             continue
         candidates.append(Candidate(
-            user_id=issued.user_id, model_id=issued.model_id, score=z, log10_p_value=log10_p,
-            fingerprint_key_id=issued.fingerprint_key_id, base_model_version=issued.base_model_version,
-            accused=log10_p <= threshold))
-        checked_entries[issued.model_id] = checked
+            user_id=used[0].user_id, model_ids=tuple(issued.model_id for issued in used), score=z,
+            log10_p_value=log10_p, fingerprint_key_id=identity.key_id, fingerprint_scheme=identity.scheme,
+            base_model_version=used[0].base_model_version, accused=log10_p <= threshold))
     return candidates, checked_entries
 
 

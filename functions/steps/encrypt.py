@@ -11,6 +11,7 @@ from infra.envelope import public_key_bytes, seal_bytes
 from infra.errors import DuplicateRequest, InvalidEvent
 from infra.ledger import IssuedModel
 from infra.staging import get_staged
+from watermark.identity import MODEL_SCHEME
 
 # what the steps before encrypt measured, and the ledger keeps
 WATERMARK_FACTS = ("generated_at", "accuracy_unwatermarked", "accuracy_watermarked", "fingerprint_key_id",
@@ -40,6 +41,8 @@ def handle(event: ModelEvent, ports: Ports) -> list[ModelEvent]:
             recipe=event.recipe,
             device_key_sha256=hashlib.sha256(public_key_bytes(event.device_key)).hexdigest(),
             sealed_sha256=sealed_sha256, delivery_object=name,
+            # a model watermarked before identities carries its own codeword
+            fingerprint_scheme=event.facts.get("fingerprint_scheme", MODEL_SCHEME),
             **{fact: event.facts[fact] for fact in WATERMARK_FACTS})
     except ValueError as error:
         raise InvalidEvent("facts", f"do not make an issued-model record ({error})") from None

@@ -1,5 +1,5 @@
-"""Watermark: embed the model's fingerprint (a codeword under the current fingerprint key version) at the
-published base's carrier positions, measure what it costs on the user's held-out data (staged by generate), export for the
+"""Watermark: embed the user's fingerprint (the codeword of the identity (user, base version) under the current
+fingerprint key version: the same in every model the user gets from that base) at the published base's carrier positions, measure what it costs on the user's held-out data (staged by generate), export for the
 phone, stage the export."""
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from infra.staging import get_staged, put_staged
 from watermark import base
 from watermark.codeword import codeword_seed, expand
 from watermark.embed import embed
+from watermark.identity import IDENTITY_SCHEME, Identity
 
 
 def handle(event: ModelEvent, ports: Ports) -> list[ModelEvent]:
@@ -21,7 +22,9 @@ def handle(event: ModelEvent, ports: Ports) -> list[ModelEvent]:
     held_out = recipes.Split(held_out_x, held_out_y)
     accuracy_before = recipe.evaluate(tuned, held_out)
     key_id = ports.kms.fingerprint_key_id  # recorded below: the verifier derives the codeword under this version
-    codeword = expand(codeword_seed(ports.kms, event.model_id, key_id), published.codeword_length)
+    identity = Identity.of(IDENTITY_SCHEME, user_id=event.user_id, base_model_version=event.base_model_version,
+                           model_id=event.model_id, key_id=key_id)
+    codeword = expand(codeword_seed(ports.kms, identity), published.codeword_length)
     kernels = {name: kernel for name, _, kernel in model.weight_layers(tuned)}
     carriers = [kernels[layer.name] for layer in published.carriers]
     strength = ports.settings.watermark_strength
@@ -38,6 +41,7 @@ def handle(event: ModelEvent, ports: Ports) -> list[ModelEvent]:
         accuracy_unwatermarked=round(accuracy_before, 6),
         accuracy_watermarked=round(accuracy_after, 6),
         fingerprint_key_id=key_id,
+        fingerprint_scheme=identity.scheme,
         watermark_strength=strength,
         plaintext_sha256=hashlib.sha256(exported).hexdigest(),
     )]

@@ -158,7 +158,7 @@ def test_one_ledger_holding_both_recipes_scores_each_file_against_its_own_base(c
 
     for user, data, other in (("alice", alice, conv_base), ("user-003", conv_issued.tflite["user-003"], DIGITS_BASE)):
         verdict = verify_model(data, digits)
-        assert verdict.accused == [user] and verdict.models_ranked == len(USERS) + 1
+        assert verdict.accused == [user] and verdict.identities_ranked == len(USERS) + 1
         others = len(USERS) if other == conv_base else 1  # the other recipe's records: this file cannot be theirs
         assert len(verdict.excluded_records) == others
         assert all(f"cannot descend from base model {other!r}" in line for line in verdict.excluded_records)

@@ -1,4 +1,5 @@
-"""The demo and the verifier as a user runs them: `iml demo --users 2 --json`, then `iml verify`."""
+"""The demo and the verifier as a user runs them: `iml demo --users 2 --models-per-user 2 --json`, then
+`iml verify`."""
 from __future__ import annotations
 
 import base64
@@ -33,15 +34,15 @@ def demo(tmp_path_factory, base_models_dir) -> tuple[dict, Path, subprocess.Comp
     """`iml demo` in a workdir that holds the run's base model already (the demo reuses a workdir's)."""
     workdir = tmp_path_factory.mktemp("demo")
     shutil.copytree(base_models_dir, workdir / "buckets" / "models")
-    done = iml("demo", "--users", "2", "--workdir", str(workdir), "--json")
+    done = iml("demo", "--users", "2", "--models-per-user", "2", "--workdir", str(workdir), "--json")
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout), workdir, done  # stdout is the JSON object and nothing else
 
 
 def test_every_user_runs_their_own_decrypted_model(demo):
     report, workdir, _ = demo
-    assert [u["user_id"] for u in report["users"]] == ["user-001", "user-002"]
-    assert len({u["model_id"] for u in report["users"]}) == 2
+    assert [u["user_id"] for u in report["users"]] == ["user-001", "user-001", "user-002", "user-002"]
+    assert len({u["model_id"] for u in report["users"]}) == 4 and report["models_per_user"] == 2
     for user in report["users"]:
         assert user["accuracy_on_device"] >= 0.85
         assert abs(user["accuracy_on_device"] - user["accuracy_watermarked"]) < 0.005  # TFLite == Keras
@@ -60,6 +61,8 @@ def test_the_leaked_model_names_its_user_and_a_model_never_issued_names_nobody(d
     report, _, _ = demo
     leak = report["leak"]
     assert leak["accused"] == [leak["leaked_user"]]
+    theirs = {u["model_id"] for u in report["users"] if u["user_id"] == leak["leaked_user"]}
+    assert leak["leaked_model"] in theirs and set(leak["accused_models"]) == theirs  # one identity, both models
     assert leak["log10_p_value"] <= leak["log10_p_threshold"] <= -9
     assert leak["log10_p_value"] == pytest.approx(-leak["score"] ** 2 / (2 * math.log(10)))
     assert leak.get("p_value", 1e-300) > 0  # given only where a double holds it: never 0
@@ -69,7 +72,7 @@ def test_the_leaked_model_names_its_user_and_a_model_never_issued_names_nobody(d
 
 def test_delivered_models_expire_and_the_ledger_records_it(demo):
     report, workdir, _ = demo
-    assert report["expiry"] == {"delivered_before": 2, "remaining": 0, "ledger_expired_records": 2}
+    assert report["expiry"] == {"delivered_before": 4, "remaining": 0, "ledger_expired_records": 4}
     assert not any((workdir / "buckets" / "delivery").rglob("*.iml"))
 
 
@@ -80,8 +83,9 @@ def test_iml_verify_exit_status_says_the_verdict(demo):
     verdict = json.loads(accused.stdout)
     assert verdict["accused"] == [report["leak"]["leaked_user"]]
     assert verdict["candidates"][0]["user_id"] == report["leak"]["leaked_user"]
-    assert set(verdict["candidates"][0]) >= {"user_id", "model_id", "score", "log10_p_value", "fingerprint_key_id",
-                                             "accused"}
+    assert set(verdict["candidates"][0]) >= {"user_id", "model_ids", "score", "log10_p_value", "fingerprint_key_id",
+                                             "fingerprint_scheme", "accused"}
+    assert verdict["identities_ranked"] == 2 and verdict["records_read"] == 4
 
     nobody = iml("verify", report["never_issued"]["file"], "--workdir", str(workdir), "--json")
     assert nobody.returncode == 1 and json.loads(nobody.stdout)["accused"] == []
@@ -104,18 +108,24 @@ def test_iml_verify_errors_exit_2_with_a_clear_message(demo, tmp_path):
 
 
 def test_a_tampered_ledger_record_is_reported_and_never_used(demo, tmp_path):
+    """The leaked user's identity stands on its records whose signatures verify: with one of two tampered, the
+    other still accuses; with both tampered, nobody is."""
     report, workdir, _ = demo
     copy = tmp_path / "work"
     shutil.copytree(workdir, copy)
-    leaked_model = next(u["model_id"] for u in report["users"] if u["user_id"] == report["leak"]["leaked_user"])
-    record_path = copy / "buckets" / "evidence" / "records" / leaked_model / "issued.json"
-    body = json.loads(record_path.read_text())
-    body["record"]["user_id"] = "someone-else"
-    record_path.write_text(json.dumps(body))
-    done = iml("verify", report["leak"]["file"], "--workdir", str(copy), "--json")
-    verdict = json.loads(done.stdout)
-    assert done.returncode == 1 and verdict["accused"] == []
-    assert verdict["excluded_records"] == [f"records/{leaked_model}/issued.json: signature does not verify"]
+    first, second = [u["model_id"] for u in report["users"] if u["user_id"] == report["leak"]["leaked_user"]]
+    excluded = []
+    for tampered, exit_status in ((first, 0), (second, 1)):
+        record_path = copy / "buckets" / "evidence" / "records" / tampered / "issued.json"
+        body = json.loads(record_path.read_text())
+        body["record"]["watermark_strength"] = 0.5
+        record_path.write_text(json.dumps(body))
+        done = iml("verify", report["leak"]["file"], "--workdir", str(copy), "--json")
+        verdict = json.loads(done.stdout)
+        excluded.append(f"records/{tampered}/issued.json: signature does not verify")
+        assert done.returncode == exit_status and sorted(verdict["excluded_records"]) == sorted(excluded)
+        accused = [c["model_ids"] for c in verdict["candidates"] if c["accused"]]
+        assert accused == ([[second]] if tampered == first else [])
 
 
 def test_no_secret_reaches_a_log_line(demo):

@@ -81,6 +81,56 @@ def test_an_empty_residual_scores_zero():
     assert np.all(z_scores(Residual.of_vector(np.zeros(100), 1.0), [b"a", b"b"], workers=1) == 0)
 
 
+def marked_mlp():
+    """A base MLP (every layer a carrier), a user's copy of it (drift plus the user's codeword at 0.08 base
+    spreads, as the watermark step embeds it), and the user's codeword seed."""
+    from watermark.embed import embed
+
+    kernels = [RNG.normal(0, 0.1, shape) for shape in ((64, 128), (128, 32), (32, 10))]
+    base = dense_base(kernels, head="softmax")
+    seed = os.urandom(32)
+    tuned = [k + RNG.normal(0, 0.02, k.shape) for k in kernels]
+    return base, embed(tuned, base, expand(seed, base.codeword_length), 0.08), seed
+
+
+def score(kernels, base, seed: bytes) -> float:
+    return float(z_scores(Residual.of(kernels, base), [seed], workers=1)[0])
+
+
+def test_energy_the_function_ignores_cannot_drown_the_mark():
+    """The reviewer's attacks on the last version: a vector added to every class column of a softmax head
+    (nothing changes), and large outgoing weights behind one neuron that never fires. Scored over the whole
+    residual, they took z from 43 to 5 and to 11; now the first changes nothing and the second costs one block
+    of 170."""
+    base, marked, seed = marked_mlp()
+    honest = score(marked, base, seed)
+    assert honest > 20
+
+    shifted = [marked[0], marked[1], marked[2] + RNG.normal(0, 1.0, (32, 1))]  # the same vector in every column
+    assert score(shifted, base, seed) == pytest.approx(honest, rel=1e-6)
+    flooded = [marked[0], marked[1].copy(), marked[2]]
+    flooded[1][7] = RNG.normal(0, 2.0, 32)  # neuron 7's outgoing weights, 20 base spreads, merged in by alignment
+    assert score(flooded, base, seed) > 0.95 * honest
+    everywhere = [k.copy() for k in marked]
+    for kernel in everywhere:  # one input unit of every layer drowned
+        kernel[0] = RNG.normal(0, 2.0, kernel.shape[1])
+    assert score(everywhere, base, seed) > 0.9 * honest
+
+
+def test_innocent_scores_of_block_scaled_residuals_stay_under_the_hoeffding_bound():
+    """The block scales are taken from the file and the base alone, so an innocent codeword's score is still a
+    Rademacher sum: on a file with drowned blocks, a shifted head and pruned weights, the share of 20,000
+    innocent codewords above t stays under exp(-t^2/2)."""
+    base, marked, _ = marked_mlp()
+    crafted = [k.copy() for k in marked]
+    crafted[1][3] = np.clip(RNG.standard_cauchy(32), -5, 5)
+    crafted[0][np.abs(crafted[0]) < 0.05] = 0.0
+    crafted[2] += RNG.normal(0, 1.0, (32, 1))
+    z = z_scores(Residual.of(crafted, base), [os.urandom(32) for _ in range(20_000)], workers=1)
+    for t in (1.0, 2.0, 3.0):
+        assert np.mean(z >= t) <= math.exp(-t * t / 2)
+
+
 def test_a_residual_beyond_the_bound_is_refused_naming_its_layer():
     kernels = [RNG.normal(0, 0.1, (8, 4)), RNG.normal(0, 0.1, (4, 2))]
     base = dense_base(kernels)

@@ -248,6 +248,7 @@ def test_the_fine_tunes_randomness_is_a_secret_of_the_server(tmp_path):
     from functions.steps.generate import fine_tune_seed
     from infra.local_kms import LocalKms
     from watermark.codeword import codeword_seed
+    from watermark.identity import IDENTITY_SCHEME, Identity
 
     ours, theirs = LocalKms(tmp_path / "ours.json"), LocalKms(tmp_path / "theirs.json")
     model_id = make_signup("alice").model_id
@@ -255,4 +256,5 @@ def test_the_fine_tunes_randomness_is_a_secret_of_the_server(tmp_path):
     assert fine_tune_seed(ours, model_id) != fine_tune_seed(theirs, model_id)
     assert fine_tune_seed(ours, model_id) != fine_tune_seed(ours, make_signup("alice", "req-2").model_id)
     assert fine_tune_seed(ours, model_id).to_bytes(8, "big") != \
-        codeword_seed(ours, model_id, ours.fingerprint_key_id)[:8]  # domain-separated from the codeword
+        codeword_seed(ours, Identity.of(IDENTITY_SCHEME, user_id="alice", base_model_version="v", model_id=model_id,
+                                        key_id=ours.fingerprint_key_id))[:8]  # domain-separated from the codeword

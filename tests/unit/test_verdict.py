@@ -29,7 +29,7 @@ def assert_sound(verdict) -> None:
     """Only the source may be accused, and every number is one a court can read."""
     assert set(verdict.accused) <= {SOURCE}, f"innocents accused: {verdict.accused}"
     body = strict_json(verdict.to_json())
-    assert body["models_ranked"] == CROWD_SIZE + 3
+    assert body["identities_ranked"] == CROWD_SIZE + 3
     for candidate in body["candidates"]:
         assert math.isfinite(candidate["score"]) and abs(candidate["score"]) <= math.sqrt(12_608)
         assert math.isfinite(candidate["log10_p_value"]) and candidate["log10_p_value"] <= 0
@@ -72,7 +72,7 @@ def test_each_codeword_comes_from_the_key_version_its_record_names(crowd, tmp_pa
     path.write_bytes(crowd.source)
     body = strict_json(verify_crowd(crowd, path, workdir).to_json())
     assert body["accused"] == [SOURCE]
-    assert body["models_ranked"] == CROWD_SIZE + 4 and body["models_scored"] == CROWD_SIZE + 3
+    assert body["identities_ranked"] == CROWD_SIZE + 4 and body["identities_scored"] == CROWD_SIZE + 3
     assert body["log10_p_threshold"] == pytest.approx(math.log10(1e-9 / (CROWD_SIZE + 4)))
     (excluded,) = body["excluded_records"]
     assert excluded.startswith("records/m-retired/issued.json: fingerprint key version "
@@ -92,7 +92,7 @@ def test_junk_in_the_ledger_is_excluded_and_the_rest_still_scored(crowd, tmp_pat
     path = tmp_path / "leak.tflite"
     path.write_bytes(crowd.source)
     body = strict_json(verify_crowd(crowd, path, workdir).to_json())
-    assert body["accused"] == [SOURCE] and body["models_ranked"] == CROWD_SIZE + 5
+    assert body["accused"] == [SOURCE] and body["identities_ranked"] == CROWD_SIZE + 5
     assert sorted(body["excluded_records"]) == ["records/yyy/issued.json: not an issued-model record",
                                                 "records/zzz/issued.json: not an issued-model record"]
 

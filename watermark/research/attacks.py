@@ -129,6 +129,31 @@ def dummy_neurons(w: Weights, expansion: float, rng: np.random.Generator) -> Wei
     return w.with_arrays(kernels, biases)
 
 
+def inactive_flood(w: Weights, fraction: float, spreads: float, rng: np.random.Generator) -> Weights:
+    """Beside `fraction` of every hidden layer's units, a copy that never fires (the unit's own incoming weights,
+    so alignment merges it; a bias of -1e3) with outgoing weights of `spreads` standard deviations of the next
+    kernel: the function is unchanged (on inputs that keep pre-activations under 1e3), the next kernel's
+    residual is flooded."""
+    kernels, biases = [k.copy() for k in w.kernels], [b.copy() for b in w.biases]
+    for layer in range(len(kernels) - 1):
+        units = kernels[layer].shape[-1]
+        chosen = rng.choice(units, size=max(1, int(round(fraction * units))), replace=False)
+        kernels[layer] = np.concatenate([kernels[layer], kernels[layer][..., chosen]], axis=-1)
+        biases[layer] = np.concatenate([biases[layer], np.full(chosen.size, -1e3)])
+        rows = _outgoing(kernels[layer + 1], units)
+        flood = rng.normal(0.0, spreads * np.std(rows), (rows.shape[0], chosen.size, rows.shape[2]))
+        kernels[layer + 1] = _as_next(np.concatenate([rows, flood], axis=1), kernels[layer + 1])
+    return w.with_arrays(kernels, biases)
+
+
+def head_shift(w: Weights, spreads: float, rng: np.random.Generator) -> Weights:
+    """The same vector added to every class column of the last kernel: a softmax output does not change."""
+    kernels = list(w.kernels)
+    last = kernels[-1]
+    kernels[-1] = last + rng.normal(0.0, spreads * np.std(last), last.shape[:-1] + (1,))
+    return w.with_arrays(kernels, list(w.biases))
+
+
 def frame(w: Weights, negative: int = 1, incoming_scale: float = 1e6, neuron: int = 0) -> Weights:
     """The crafted file of an independent review, made from the attacker's own model to accuse others: hidden
     neuron `neuron` of the first layer is silenced (bias -1e30: it never fires on real inputs), its incoming
@@ -222,13 +247,16 @@ def _apply(m: Mutation, kernels: list[np.ndarray], biases: list[np.ndarray]) -> 
 
 
 def collude(models: list[Weights], how: str, rng: np.random.Generator) -> Weights:
-    """k users pool their copies: the mean, the median, or each weight from a random one of them."""
+    """k users (or one user's k copies) pool them: the mean, the median, the midpoint of the lowest and highest
+    value, or each weight from a random one of them."""
     def combine(arrays: list[np.ndarray]) -> np.ndarray:
         stack = np.stack(arrays)
         if how == "mean":
             return stack.mean(axis=0)
         if how == "median":
             return np.median(stack, axis=0)
+        if how == "midpoint":
+            return (stack.min(axis=0) + stack.max(axis=0)) / 2
         if how == "interleave":
             pick = rng.integers(0, len(arrays), size=arrays[0].shape)
             return np.take_along_axis(stack, pick[None], axis=0)[0]
