@@ -74,7 +74,7 @@ def run_demo(users: int, workdir: Path, progress: Progress = Progress(), setting
     if recipe is not None:
         settings = replace(settings, recipe=recipe)
     # the per-user limit counts every model admitted in its period, a reused workdir's earlier runs included
-    settings = replace(settings, user_model_limit=DEMO_USER_MODEL_LIMIT)
+    settings = replace(settings, user_model_limit=max(settings.user_model_limit, DEMO_USER_MODEL_LIMIT))
     chosen = recipes.load(settings.recipe)
     people = _brought_users(user_data) if user_data is not None else _simulated_users(chosen.name, users)
     clock = MovableClock()

@@ -46,7 +46,7 @@ class IssuedModel:
     base_model_version: str
     recipe: str  # the recipe the model was made by (the verifier reads the published base, never the recipe)
     fingerprint_key_id: str  # the fingerprint key version its codeword was derived under
-    fingerprint_scheme: str  # what the codeword derives from (watermark.codeword.SCHEMES)
+    fingerprint_scheme: str  # what the codeword derives from (watermark.identity.SCHEMES; "" not recorded)
     watermark_strength: float
     accuracy_unwatermarked: float
     accuracy_watermarked: float
@@ -79,8 +79,9 @@ class IssuedModel:
 
 _ISSUED_FIELDS = {f.name: f.type for f in fields(IssuedModel)}  # name -> "str" or "float"
 _ISSUED_RECORD_KEYS = _ISSUED_FIELDS.keys() | {"kind", "recorded_at"}
-# Records written before a field existed read it as its default: no recipe, and codewords per model id.
-_EARLIER_DEFAULTS = {"recipe": "", "fingerprint_scheme": "model-v1"}
+# Records written before a field existed read it as "": no recipe; no fingerprint scheme recorded (the verifier
+# then scores both schemes a model of that time may carry: watermark.identity).
+_EARLIER_DEFAULTS = {"recipe": "", "fingerprint_scheme": ""}
 _BEFORE_IDENTITIES = _ISSUED_RECORD_KEYS - {"fingerprint_scheme"}
 _EARLIER_RECORD_KEYS = (_ISSUED_RECORD_KEYS, _BEFORE_IDENTITIES, _BEFORE_IDENTITIES - {"recipe"})
 

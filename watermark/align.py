@@ -6,7 +6,9 @@ into several copies whose outgoing weights add up, or joined by dummy neurons th
 verifier holds the base model, so it can undo all of these, layer by layer from the input:
 
 - every suspect neuron is matched to the base neuron whose incoming weights it is most parallel to (cosine);
-  below `min_cosine` it is a dummy and is dropped;
+  below `min_cosine` it is a dummy and is dropped. In that cosine (and the scale below) the weights from each
+  input unit count at most ROW_SLACK times the base's norm of them, so inflated outgoing weights of a unit
+  the function ignores cannot pull every unit it feeds away from its match;
 - its scale against that base neuron is estimated by least squares; a scale outside 1/MAX_SCALE to MAX_SCALE
   is not a rescaling anyone needs to hide a model (the attacks we know use 0.5 to 2), and dividing it out
   would multiply the neuron's outgoing weights without bound, so such a neuron counts as unmatched, is
@@ -30,6 +32,9 @@ import numpy as np
 from watermark.errors import IncompatibleModel
 
 MIN_COSINE = 0.5
+# In matching, an input unit's weights count up to this many times the base's norm (fine-tuning at ten times
+# the learning rate grows a row by well under that; a flood of dead copies' weights by far more).
+ROW_SLACK = 1.5
 MAX_SCALE = 100.0
 # A suspect layer may hold this many times the base layer's neurons (dummies and copies); wider is not a
 # model made from the base one, and its cosine matrix would be unbounded work.
@@ -55,7 +60,8 @@ def align(suspect: list[np.ndarray], base: list[np.ndarray], min_cosine: float =
     incoming = theirs[0]
     for layer, reference in enumerate(ours[:-1]):
         flat_in, flat_ref = incoming.reshape(-1, incoming.shape[2]), reference.reshape(-1, reference.shape[2])
-        mapping, scales, cosines, out_of_range = _match(flat_in, flat_ref, min_cosine)
+        capped = (incoming * _row_caps(incoming, reference)[None, :, None]).reshape(flat_in.shape)
+        mapping, scales, cosines, out_of_range = _match(capped, flat_ref, min_cosine)
         columns = np.zeros(flat_ref.shape)
         moves = np.zeros((flat_in.shape[1], flat_ref.shape[1]))  # suspect unit -> base unit, with scale
         for j in np.flatnonzero(mapping >= 0):
@@ -122,6 +128,18 @@ def _check_shapes(suspect: list[np.ndarray], base: list[np.ndarray]) -> None:
             raise IncompatibleModel(
                 f"hidden layer {layer} has {kernel.shape[2]} units, more than {MAX_WIDTH_FACTOR} times the base "
                 f"model's {reference.shape[2]}")
+
+
+def _row_caps(incoming: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Per input unit (axis 1), the factor that brings the suspect's weights from it down to at most ROW_SLACK
+    times the base's norm: for matching only. A unit whose outgoing weights were inflated where the function
+    does not look (a copy that never fires, an input that is always 0) would otherwise pull every unit it feeds
+    away from its base unit; capped, it weighs in the cosine no more than an honest one."""
+    theirs = np.sqrt(np.square(incoming).sum(axis=(0, 2)))
+    ours = np.sqrt(np.square(reference).sum(axis=(0, 2)))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        caps = np.where(theirs > ROW_SLACK * ours, ROW_SLACK * ours / theirs, 1.0)
+    return np.nan_to_num(caps, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _match(incoming: np.ndarray, reference: np.ndarray, min_cosine: float):

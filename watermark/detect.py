@@ -1,19 +1,21 @@
-"""Accusation statistics: a score per issued model, its p-value, and the decision rule, in exact arithmetic.
+"""Accusation statistics: a score per fingerprint identity, its p-value, and the decision rule, in exact arithmetic.
 
 Informed detection: the verifier aligns the suspect to the base model (watermark.align), subtracts the base
-model and weights layer l by the embedding scale s_l, giving a fixed vector a = (s_l * (W_suspect - W_base))_i
-(zero where the suspect's weight is exactly zero). For a model j whose codeword c_j was not embedded
-in the suspect, c_j is independent of a and uniform on {-1, +1}^n, so S_j = <c_j, a> is a Rademacher sum and
+model, centres a softmax head's rows across classes, and scales each block (the input unit a weight reads) to
+unit RMS, giving a fixed vector a (zero where the suspect's weight is exactly zero); every step looks at the
+suspect and the base alone. For an identity j whose codeword c_j was not embedded in the suspect, c_j is
+independent of a and uniform on {-1, +1}^n, so S_j = <c_j, a> is a Rademacher sum and
 Hoeffding's inequality gives, with no assumption on the suspect's weights,
 
     P(S_j >= z * ||a||) <= exp(-z^2 / 2),   z_j = <c_j, a> / ||a||.
 
 p_j = exp(-z_j^2/2) for z_j > 0 (else 1) is therefore a valid p-value. Accusing model j only when
-p_j <= alpha / M (M issued models) bounds, by the union bound, the probability of accusing *any* innocent
+p_j <= alpha / M (M identities) bounds, by the union bound, the probability of accusing *any* innocent
 user by alpha.
 
-The bound is about the numbers actually compared, so they are computed exactly: `a` is first checked against
-a bound derived from the base model (RESIDUAL_BOUND) and rounded to integers on a fixed grid (the rounding is
+The bound is about the numbers actually compared, so they are computed exactly: the file is first checked
+against a bound derived from the base model (RESIDUAL_BOUND), and `a` (|a_i| <= sqrt(its block's size)) is
+rounded to integers on a fixed grid (the rounding is
 a function of the file and the base alone, so the rounded vector is as independent of every codeword as `a`
 is, and the bound holds for it exactly); every S_j is then an exact int64 sum and ||a||^2 an exact integer.
 z_j = S_j / ||a|| is the one rounded operation (a few units in the last place). Every z_j is checked to be

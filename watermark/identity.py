@@ -2,8 +2,10 @@
 
 An identity is (user, base model version) under the scheme "identity-v2": every model a user receives from
 one base version carries the same codeword, so comparing a user's own copies reveals nothing of it (they
-differ only where their fine-tunes do). Records written before it name the scheme "model-v1", whose codeword
-was derived from the model id; the verifier reads both. No NumPy here: the encrypt step records the scheme.
+differ only where their fine-tunes do). Models marked before it carry the scheme "model-v1", whose codeword
+was derived from the model id. A record that names no scheme was written by an encrypt step older than
+schemes, which may have sealed a model marked either way (the watermark step may be deployed first): both
+identities are scored, and both counted in M. No NumPy here: the encrypt step records the scheme.
 """
 from __future__ import annotations
 
@@ -27,17 +29,27 @@ class Identity:
 
     @classmethod
     def of(cls, scheme: str, *, user_id: str, base_model_version: str, model_id: str, key_id: str) -> Identity:
+        """ValueError for a scheme this version does not know, or a field that is not text (a lone surrogate
+        read from a crafted record's JSON)."""
         if scheme == IDENTITY_SCHEME:
-            return cls(scheme, (user_id, base_model_version), key_id)
-        if scheme == MODEL_SCHEME:
-            return cls(scheme, (model_id,), key_id)
-        raise ValueError(f"{scheme!r} is not a fingerprint scheme (known: {', '.join(SCHEMES)})")
+            identity = cls(scheme, (user_id, base_model_version), key_id)
+        elif scheme == MODEL_SCHEME:
+            identity = cls(scheme, (model_id,), key_id)
+        else:
+            raise ValueError(f"{scheme!r} is not a fingerprint scheme (known: {', '.join(SCHEMES)})")
+        try:
+            identity.message, key_id.encode()
+        except UnicodeEncodeError:
+            raise ValueError("the record's identity is not UTF-8 text") from None
+        return identity
 
     @classmethod
-    def of_record(cls, issued: IssuedModel) -> Identity:
-        """The identity an issued-model record names; ValueError for a scheme this version does not know."""
-        return cls.of(issued.fingerprint_scheme, user_id=issued.user_id, base_model_version=issued.base_model_version,
-                      model_id=issued.model_id, key_id=issued.fingerprint_key_id)
+    def of_record(cls, issued: IssuedModel) -> list[Identity]:
+        """The identities whose codeword the recorded model may carry: the one its scheme names, or, for a record
+        that names none, one of each scheme. ValueError as `of`."""
+        schemes = [issued.fingerprint_scheme] if issued.fingerprint_scheme else list(SCHEMES)
+        return [cls.of(scheme, user_id=issued.user_id, base_model_version=issued.base_model_version,
+                       model_id=issued.model_id, key_id=issued.fingerprint_key_id) for scheme in schemes]
 
     def describe(self) -> str:
         return "/".join(self.subject) + f" ({self.scheme})"

@@ -36,8 +36,10 @@ PRECONDITIONS = (
     "user's codeword into every model made from it.",
     "The file is verified once, as it was found: it was not re-crafted from earlier verifier outputs (scores "
     "leak a little about codewords, and a file shaped by many queries is no longer independent of them).",
+    "A user id is one person's: an identity is a user id and a base model version, so a user id reused for "
+    "someone else, or shared, makes their models one identity.",
     "z is the file's normalised correlation with the model's codeword; log10 p is the base-10 logarithm of the "
-    "bound on the chance that an innocent model scores that high.",
+    "bound on the chance that an innocent identity scores that high.",
     "Scope: a model trained anew on a leaked model's outputs (distillation) carries no fingerprint and names "
     "nobody: a missed accusation, never a false one.",
 )

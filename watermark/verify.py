@@ -58,7 +58,9 @@ class Candidate:
         return representable(self.log10_p_value)
 
     def to_dict(self) -> dict:
-        row = {"user_id": self.user_id, "model_ids": list(self.model_ids), "score": self.score,
+        row = {"user_id": self.user_id, "model_ids": list(self.model_ids),
+               "model_id": self.model_ids[0],  # for tools written before identities
+               "score": self.score,
                "log10_p_value": self.log10_p_value, "fingerprint_key_id": self.fingerprint_key_id,
                "fingerprint_scheme": self.fingerprint_scheme, "base_model_version": self.base_model_version,
                "accused": self.accused}
@@ -100,6 +102,8 @@ class Verdict:
             "alignment": self.alignment,
             "identities_ranked": self.identities_ranked,
             "identities_scored": self.identities_scored,
+            "models_ranked": self.identities_ranked,  # M, under the name tools written before identities read
+            "models_scored": self.identities_scored,
             "records_read": self.records_read,
             "alpha": self.alpha,
             "log10_p_threshold": self.log10_p_threshold,
@@ -165,13 +169,14 @@ def verify(
             continue
         try:
             issued = IssuedModel.from_record(entry.record)
-            identity = Identity.of_record(issued)
+            identities = Identity.of_record(issued)
         except ValueError as error:
             excluded.append(f"{entry.name}: {error}")
             nameless += 1
             continue
         if base.VERSION.match(issued.base_model_version):
-            groups[issued.base_model_version][identity].append(_Record(entry, issued))
+            for identity in identities:
+                groups[issued.base_model_version][identity].append(_Record(entry, issued))
         else:
             excluded.append(f"{entry.name}: the record names no valid base model version")
             nameless += 1
@@ -182,7 +187,7 @@ def verify(
     weak_alignment: list[str] = []
     incompatible: list[IncompatibleModel] = []
     for version, group in sorted(groups.items()):
-        records = [record for members in group.values() for record in members]
+        records = list({id(record): record for members in group.values() for record in members}.values())
         try:
             published = base.load(models, version)
         except (BaseNotPublished, BaseInvalid) as error:
@@ -214,6 +219,7 @@ def verify(
     review = []
     if len(accused) > max_accused:
         review.append(f"{MANY_ACCUSED} ({len(accused)} users, more than --max-accused {max_accused})")
+    excluded = list(dict.fromkeys(excluded))  # a record of two identities (no scheme) is listed once
     if not accused and excluded:
         review.append(f"needs review: nobody accused, but {len(excluded)} issued-model records could not be "
                       f"scored and the source may be among them")
@@ -234,7 +240,8 @@ def verify(
         candidates=candidates[:top] + [c for c in candidates[top:] if c.accused],
         excluded_records=excluded,
         review_reasons=review,
-        accused_records=[checked_entries[model_id] for c in candidates if c.accused for model_id in c.model_ids],
+        accused_records=list({model_id: checked_entries[model_id]
+                              for c in candidates if c.accused for model_id in c.model_ids}.values()),
         scores=np.array([z for z, _, _ in scored]),
     )
 
@@ -279,6 +286,7 @@ def _candidates(scored: list[tuple[float, Identity, list[_Record]]], ledger: Led
     scored.sort(key=lambda item: item[0], reverse=True)
     candidates: list[Candidate] = []
     checked_entries: dict[str, LedgerEntry] = {}
+    checks: dict[str, LedgerEntry] = {}  # a record of two identities (no scheme) is checked once
     for z, identity, records in scored:
         log10_p = log10_p_value(z)
         if len(candidates) >= top and log10_p > threshold:
@@ -286,7 +294,7 @@ def _candidates(scored: list[tuple[float, Identity, list[_Record]]], ledger: Led
         used = []
         for record in records:
             name, issued = record.entry.name, record.issued
-            checked = ledger.check(record.entry)
+            checked = checks.get(name) or checks.setdefault(name, ledger.check(record.entry))
             if not checked.valid:
                 excluded.append(f"{name}: {checked.problem}")
             elif checked.record != record.entry.record:

@@ -117,6 +117,23 @@ def test_energy_the_function_ignores_cannot_drown_the_mark():
     assert score(everywhere, base, seed) > 0.9 * honest
 
 
+@pytest.mark.parametrize("fraction, spreads", [(0.02, 20.0), (0.1, 20.0), (0.3, 10.0)])
+def test_an_inactive_neuron_flood_is_undone_by_alignment_and_blocks(fraction, spreads):
+    """Copies of hidden neurons that never fire, their outgoing weights inflated, everything permuted and
+    rescaled: alignment still matches every unit (inflated inputs are capped in its cosines) and the mark
+    keeps most of its score. Without the caps every unit fed by a flooded one lost its match."""
+    from watermark.align import align
+    from watermark.research import attacks
+
+    base, marked, seed = marked_mlp()
+    rng = np.random.default_rng(5)
+    weights = attacks.Weights(marked, [np.zeros(k.shape[-1]) for k in marked])
+    flooded = attacks.permute_and_scale(attacks.inactive_flood(weights, fraction, spreads, rng), rng)
+    aligned = align(flooded.kernels, [layer.kernel for layer in base.layers])
+    assert [found for found, _ in aligned.matched] == [128, 32]
+    assert score(aligned.kernels, base, seed) > 0.7 * score(marked, base, seed)
+
+
 def test_innocent_scores_of_block_scaled_residuals_stay_under_the_hoeffding_bound():
     """The block scales are taken from the file and the base alone, so an innocent codeword's score is still a
     Rademacher sum: on a file with drowned blocks, a shifted head and pruned weights, the share of 20,000

@@ -8,6 +8,7 @@ in-process); tests/e2e/test_verify_cli.py runs crafted files through the command
 from __future__ import annotations
 
 import math
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -97,11 +98,25 @@ def test_junk_in_the_ledger_is_excluded_and_the_rest_still_scored(crowd, tmp_pat
                                                 "records/zzz/issued.json: not an issued-model record"]
 
 
-def test_a_disguised_copy_that_names_nobody_is_flagged_for_review(crowd, tmp_path):
-    """Pixel 0 of every digit is 0: scaling its weights leaves the model's function alone but scrambles the
-    cosine matching. Nobody is accused (a missed accusation, never a false one), and the verdict says to look."""
+def test_a_disguised_copy_is_traced_or_refused_never_nobody(crowd, tmp_path):
+    """Pixel 0 of every digit is 0: scaling its weights leaves the model's function alone. Scaled 20 times, the
+    inflated input is capped in alignment's cosines and fills one block of the residual: alice is accused. Scaled
+    a million times, the file is refused as implausible, naming the layer (cannot analyse, exit 2): never
+    "nobody" (before the caps it named nobody)."""
     path = tmp_path / "disguised.tflite"
+    path.write_bytes(attacks.mutate_tflite(crowd.source, [Mutation("scale-row", 0, 0, 20.0)]))
+    assert verify_crowd(crowd, path).accused == [SOURCE]
     path.write_bytes(attacks.mutate_tflite(crowd.source, [Mutation("scale-row", 0, 0, 1e6)]))
+    with pytest.raises(VerificationError, match="layer 'hidden_1': a weight lies .* base spreads"):
+        verify_crowd(crowd, path)
+
+def test_a_file_alignment_cannot_match_that_names_nobody_is_flagged_for_review(crowd, tmp_path):
+    """Every first-layer neuron's incoming weights negated (a crafted file: the function changes): hardly a
+    neuron matches a base neuron, nobody is accused, and the verdict says to look before anyone reads it as
+    "not a leak"."""
+    path = tmp_path / "negated.tflite"
+    path.write_bytes(attacks.mutate_tflite(crowd.source, [Mutation("scale-column", 0, i, -1.0) for i in range(128)]))
     verdict = verify_crowd(crowd, path)
     assert verdict.accused == [] and verdict.needs_review
-    assert any(f"alignment to {DIGITS_BASE} matched" in reason for reason in verdict.review_reasons)
+    assert any(re.search(rf"alignment to {DIGITS_BASE} matched \d+ of 128 base neurons of hidden layer 1", reason)
+               for reason in verdict.review_reasons)
