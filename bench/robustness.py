@@ -54,6 +54,7 @@ from watermark.research.attacks import Weights  # noqa: E402
 from watermark.research.baseline import UchidaMark  # noqa: E402
 from watermark.detect import Residual, log10_threshold, z_scores, z_threshold  # noqa: E402
 from watermark.reader import ReadModel, read_tflite  # noqa: E402
+from watermark.errors import VerificationError  # noqa: E402
 from watermark.verify import verify  # noqa: E402
 
 TIER = 0.05
@@ -166,7 +167,11 @@ def main() -> None:
           file=sys.stderr)
 
     def judge(read: ReadModel):
-        return verify(read, "-", ports.ledger, ports.kms, ports.models, top=len(models))
+        """The verdict, or None where the verifier refuses the file (exit 2: cannot analyse, never a verdict)."""
+        try:
+            return verify(read, "-", ports.ledger, ports.kms, ports.models, top=len(models))
+        except VerificationError:
+            return None
 
     rows = defaultdict(list)
     for user, original in models.items():
@@ -176,21 +181,23 @@ def main() -> None:
             attacked, read = as_weights(attack(original, user), original)
             accuracy = attacked.accuracy(x, y)
             verdict = judge(read)
-            ranked = [c.user_id for c in verdict.candidates]
-            true = next((c for c in verdict.candidates if c.user_id == user), None)
+            candidates, accused = (verdict.candidates, verdict.accused) if verdict else ([], [])
+            ranked = [c.user_id for c in candidates]
+            true = next((c for c in candidates if c.user_id == user), None)
             anchor = anchor_accuses(attacked)
             rows[(family, strength)].append({
-                "drop": baseline - accuracy, "counts": accuracy >= baseline - TIER,
+                "drop": baseline - accuracy, "counts": accuracy >= baseline - TIER, "refused": verdict is None,
                 "rank": ranked.index(user) + 1 if user in ranked else len(models),
-                "log10_p": true.log10_p_value if true else 0.0, "right": user in verdict.accused,
-                "innocents": len([a for a in verdict.accused if a != user]),
+                "log10_p": true.log10_p_value if true else 0.0, "right": user in accused,
+                "innocents": len([a for a in accused if a != user]),
                 "anchor_right": user in anchor, "anchor_innocents": len(anchor - {user}),
             })
         print(f"attacked {user}", file=sys.stderr)
 
     table = Table(title=f"Fingerprint robustness, {args.recipe}: {len(models)} users, alpha 1e-9 (an attack counts within "
                         f"{int(TIER * 100)} points)")
-    for column in ("attack", "strength", "acc. drop (mean)", "counted", "right user accused", "median rank",
+    for column in ("attack", "strength", "acc. drop (mean)", "counted", "right user accused", "refused (exit 2)",
+                   "median rank",
                    "median log10 p (true user)", "innocents accused", "anchor: right accused", "anchor: innocents"):
         table.add_column(column, justify="left" if column in ("attack", "strength") else "right")
     for (family, strength), results in rows.items():
@@ -198,6 +205,7 @@ def main() -> None:
         table.add_row(family, strength, f"{100 * statistics.mean(r['drop'] for r in results):.1f} pts",
                       f"{len(counted)}/{len(results)}",
                       f"{sum(r['right'] for r in counted)}/{len(counted)}" if counted else "-",
+                      f"{sum(r['refused'] for r in counted)}/{len(counted)}" if counted else "-",
                       f"{statistics.median(r['rank'] for r in counted):.0f}" if counted else "-",
                       f"{statistics.median(r['log10_p'] for r in counted):.1f}" if counted else "-",
                       str(sum(r["innocents"] for r in results)),
@@ -219,7 +227,8 @@ def main() -> None:
                 pooled = attacks.collude([models[u] for u in group], how, rng)
                 x, y = held(group[0], args.recipe)
                 drops.append(models[group[0]].accuracy(x, y) - pooled.accuracy(x, y))
-                accused = set(judge(pooled.read()).accused)
+                verdict = judge(pooled.read())
+                accused = set(verdict.accused) if verdict else set()
                 some += bool(accused & set(group))
                 every += set(group) <= accused
                 innocents += len(accused - set(group))
@@ -244,9 +253,10 @@ def main() -> None:
                 x, y = held(user, args.recipe)
                 drops.append(issued[user].accuracy(x, y) - pooled.accuracy(x, y))
                 verdict = judge(pooled.read())
-                right += user in verdict.accused
-                innocents += len(set(verdict.accused) - {user})
-                log10_p.append(next((c.log10_p_value for c in verdict.candidates if c.user_id == user), 0.0))
+                right += bool(verdict) and user in verdict.accused
+                innocents += len(set(verdict.accused) - {user}) if verdict else 0
+                log10_p.append(next((c.log10_p_value for c in verdict.candidates if c.user_id == user), 0.0)
+                               if verdict else 0.0)
             copies.add_row(str(k), how, f"{100 * statistics.mean(drops):.1f} pts", f"{right}/{len(owners)}",
                            str(innocents), f"{statistics.median(log10_p):.1f}")
     Console(width=160).print(copies)
