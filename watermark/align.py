@@ -65,7 +65,8 @@ def align(suspect: list[np.ndarray], base: list[np.ndarray], min_cosine: float =
         # units set aside for their scale (a silenced neuron's 1e6 weights) would inflate every input unit
         set_aside = _match(flat_in, flat_ref, min_cosine, whole=flat_in)[3]
         counted = (flat_in * np.where(set_aside, 0.0, 1.0)[None, :]).reshape(incoming.shape)
-        capped = (incoming * _row_caps(counted, reference)[None, :, None]).reshape(flat_in.shape)
+        caps = _row_caps(counted, reference)
+        capped = (incoming * caps[None, :, None]).reshape(flat_in.shape)
         mapping, scales, cosines, out_of_range = _match(capped, flat_ref, min_cosine, whole=flat_in)
         columns = np.zeros(flat_ref.shape)
         moves = np.zeros((flat_in.shape[1], flat_ref.shape[1]))  # suspect unit -> base unit, with scale
@@ -80,7 +81,7 @@ def align(suspect: list[np.ndarray], base: list[np.ndarray], min_cosine: float =
         aligned.append(columns.reshape(reference.shape))
         # outgoing weights follow, scaled and summed: the next layer's input channels, at every position
         incoming = np.matmul(moves.T[None], theirs[layer + 1])
-        report.append(_describe(layer, mapping, scales, out_of_range, flat_ref.shape[1]))
+        report.append(_describe(layer, mapping, scales, out_of_range, flat_ref.shape[1], int(np.sum(caps < 1))))
         matched.append((int(np.unique(mapping[mapping >= 0]).size), flat_ref.shape[1]))
     aligned.append(incoming)
     return Alignment([a.reshape(b.shape) for a, b in zip(aligned, base)], report, matched)
@@ -167,7 +168,8 @@ def _match(incoming: np.ndarray, reference: np.ndarray, min_cosine: float, whole
     return mapping, np.where(mapping >= 0, scales, 1.0), best_cosine, parallel & ~in_range
 
 
-def _describe(layer: int, mapping: np.ndarray, scales: np.ndarray, out_of_range: np.ndarray, base_units: int) -> str:
+def _describe(layer: int, mapping: np.ndarray, scales: np.ndarray, out_of_range: np.ndarray, base_units: int,
+              capped: int) -> str:
     kept = mapping[mapping >= 0]
     moved = int(np.sum((mapping >= 0) & (mapping != np.arange(mapping.size))))
     kept_scales = scales[mapping >= 0]
@@ -178,4 +180,6 @@ def _describe(layer: int, mapping: np.ndarray, scales: np.ndarray, out_of_range:
     return (f"hidden layer {layer + 1}: {mapping.size} neurons for the base model's {base_units}; "
             f"{moved} moved to another position, scales divided out from {scale_range}, {merged} merged as "
             f"copies, {dropped} dropped as dummies, {int(out_of_range.sum())} unmatched for a scale outside "
-            f"1/{MAX_SCALE:g} to {MAX_SCALE:g}, {missing} base neurons without a match")
+            f"1/{MAX_SCALE:g} to {MAX_SCALE:g} or weights over {MAX_SCALE:g} times their match's, {missing} base "
+            f"neurons without a match; {capped} inputs capped at {ROW_SLACK:g} times the base's weights while "
+            f"matching")

@@ -19,7 +19,7 @@ SCHEMES = (IDENTITY_SCHEME, MODEL_SCHEME)
 _DOMAINS = {IDENTITY_SCHEME: b"iml-fingerprint-identity-v2\0", MODEL_SCHEME: b"iml-fingerprint-v1\0"}
 
 
-@dataclass(frozen=True, order=True)
+@dataclass(frozen=True)
 class Identity:
     """Whose mark a codeword is: the scheme, the fields it derives from, and the fingerprint key version."""
 
@@ -36,7 +36,7 @@ class Identity:
         elif scheme == MODEL_SCHEME:
             identity = cls(scheme, (model_id,), key_id)
         else:
-            raise ValueError(f"{scheme!r} is not a fingerprint scheme (known: {', '.join(SCHEMES)})")
+            raise ValueError(f"{scheme[:40]!r} is not a fingerprint scheme (known: {', '.join(SCHEMES)})")
         try:
             identity.message, key_id.encode()
         except UnicodeEncodeError:
@@ -50,9 +50,6 @@ class Identity:
         schemes = [issued.fingerprint_scheme] if issued.fingerprint_scheme else list(SCHEMES)
         return [cls.of(scheme, user_id=issued.user_id, base_model_version=issued.base_model_version,
                        model_id=issued.model_id, key_id=issued.fingerprint_key_id) for scheme in schemes]
-
-    def describe(self) -> str:
-        return "/".join(self.subject) + f" ({self.scheme})"
 
     @property
     def message(self) -> bytes:

@@ -3,9 +3,10 @@
 Reads the suspect's kernels (in a child process: watermark.sandbox), refuses non-finite weights, aligns the
 suspect to the base model each ledger record names, subtracts it, correlates the residual with the codeword
 of every fingerprint identity (watermark.identity: a user and a base version, under the fingerprint key version
-its records name), and accuses the users whose p-value clears alpha / M, M being the identities read. Records that cannot be scored (a
-signature that fails, a key version or base model not at hand) are reported, never used, and still counted
-in M, which can only make the bound more conservative. See watermark.detect and docs/verifier.md.
+its records name), and accuses the users whose p-value clears alpha / M, M being the identities read.
+Records that cannot be scored (a signature that fails, a key version or base model not at hand) are
+reported, never used, and their identities still counted in M, which can only make the bound more
+conservative. See watermark.detect and docs/verifier.md.
 """
 from __future__ import annotations
 
@@ -294,7 +295,9 @@ def _candidates(scored: list[tuple[float, Identity, list[_Record]]], ledger: Led
         used = []
         for record in records:
             name, issued = record.entry.name, record.issued
-            checked = checks.get(name) or checks.setdefault(name, ledger.check(record.entry))
+            if name not in checks:
+                checks[name] = ledger.check(record.entry)
+            checked = checks[name]
             if not checked.valid:
                 excluded.append(f"{name}: {checked.problem}")
             elif checked.record != record.entry.record:

@@ -1,6 +1,7 @@
-"""Watermark: embed the user's fingerprint (the codeword of the identity (user, base version) under the current
-fingerprint key version: the same in every model the user gets from that base) at the published base's carrier positions, measure what it costs on the user's held-out data (staged by generate), export for the
-phone, stage the export."""
+"""Watermark: embed the user's fingerprint at the published base's carrier positions, measure what it costs on
+the user's held-out data (staged by generate), export for the phone, stage the export. The fingerprint is the
+codeword of the identity (user, base version) under the current fingerprint key version: the same in every
+model the user gets from that base."""
 from __future__ import annotations
 
 import hashlib

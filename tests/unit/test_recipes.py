@@ -238,6 +238,22 @@ def test_a_published_base_holds_what_the_watermark_step_and_the_verifier_need(ba
         ("classes", "dense", [32, 10], False)]
     assert published.codeword_length == 64 * 128 + 128 * 32  # every hidden weight: fewer than the bound
     assert published.probe.shape == (DIGITS.probe_samples, 64)
+    assert manifest["head"] == published.head == "softmax"  # the verifier may centre a marked head's rows
+
+
+def test_a_head_is_softmax_only_when_the_output_is_a_softmax_of_the_last_weight_layer():
+    import keras
+
+    from functions.model import head
+
+    def mlp(*tail, activation=None):
+        return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation=activation), *tail])
+
+    assert head(mlp(activation="softmax")) == "softmax"
+    assert head(mlp(keras.layers.Softmax())) == head(mlp(keras.layers.Activation("softmax"))) == "softmax"
+    assert head(mlp(activation="relu")) == head(mlp(activation="sigmoid")) == "other"
+    assert head(mlp(keras.layers.Softmax(), activation="relu")) == "other"  # softmax of a ReLU: not invariant
+    assert head(mlp(keras.layers.Softmax(), keras.layers.Softmax())) == "other"
 
 
 def test_publishing_again_changes_nothing_and_another_model_under_the_version_is_refused(tmp_path, base_models_dir):

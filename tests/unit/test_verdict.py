@@ -101,13 +101,19 @@ def test_junk_in_the_ledger_is_excluded_and_the_rest_still_scored(crowd, tmp_pat
 def test_a_disguised_copy_is_traced_or_flagged(crowd, tmp_path):
     """Pixel 0 of every digit is 0: scaling its weights leaves the model's function alone. Scaled 20 times, the
     inflated input is capped in alignment's cosines and fills one block of the residual: alice is accused (before
-    the caps, nobody was). Scaled a million times, every neuron's incoming weights are set aside as too large:
-    nobody is accused, and the verdict says to look (functional alignment is not built yet)."""
+    the caps, nobody was). Scaled a million times, the neurons' incoming weights are set aside as too large:
+    nobody is accused and the verdict says to look, or, where a neuron's pixel-0 weight is tiny enough to keep
+    it matched, the file is refused as implausible (exit 2). Never a verdict that names someone or reads as
+    a clean "nobody" (functional alignment is not built yet)."""
     path = tmp_path / "disguised.tflite"
     path.write_bytes(attacks.mutate_tflite(crowd.source, [Mutation("scale-row", 0, 0, 20.0)]))
     assert verify_crowd(crowd, path).accused == [SOURCE]
     path.write_bytes(attacks.mutate_tflite(crowd.source, [Mutation("scale-row", 0, 0, 1e6)]))
-    verdict = verify_crowd(crowd, path)
+    try:
+        verdict = verify_crowd(crowd, path)
+    except VerificationError as error:
+        assert error.kind == "implausible" and "layer 'hidden_1'" in str(error)
+        return
     assert verdict.accused == [] and verdict.needs_review
     assert any(f"alignment to {DIGITS_BASE} matched" in reason for reason in verdict.review_reasons)
 
