@@ -6,10 +6,11 @@ Issues models to --users users of the recipe through the real pipeline (embedded
 model published first, each user's data in the user-data bucket) and prints what the fingerprint costs on their
 held-out data (median and maximum). It then adds to each the anchor's mark (watermark/research/baseline.py:
 Uchida-style, per-user key, 256 bits, in the kernel with the most weights: digits-mlp's first), then attacks each user's model (any recipe: the attacks
-edit Dense and convolution kernels alike, watermark/research/attacks.py). Both detectors judge the same attacked file: ours (aligned, informed, accusing at alpha / M) and the
-anchor's (sign extraction, binomial tail, accusing at the same alpha / M). Per attack: the attacked accuracy on the user's held-out data; whether it stays within 5
+edit Dense and convolution kernels alike, watermark/research/attacks.py). Both detectors judge the same attacked file: ours (aligned by what the model does on the
+probe, as `iml verify` aligns a file: the attacked weights run in Keras, a converted file in LiteRT; informed;
+accusing at alpha / M) and the anchor's (sign extraction, binomial tail, accusing at the same alpha / M). Per attack: the attacked accuracy on the user's held-out data; whether it stays within 5
 points (only then does the attack count); the true user's rank and p-value; whether the true user was accused
-at alpha 1e-9; how many innocents were. Collusion: groups of k users pooling their models. Copies: five users
+at alpha 1e-9; how many innocents were (for decoys, the user whose weights were planted counts as innocent). Collusion: groups of k users pooling their models. Copies: five users
 each ask for four more models and pool k of their own copies (midpoint, mean, median). Null trials: every
 issued model scored against never-issued codewords (at least 10,000 pairs), plus models never issued (the base
 model and a model trained from another seed) against the ledger: the empirical distribution of z is plotted
@@ -53,7 +54,7 @@ from watermark import base as published_base  # noqa: E402
 from watermark.research.attacks import Weights  # noqa: E402
 from watermark.research.baseline import UchidaMark  # noqa: E402
 from watermark.detect import Residual, log10_threshold, z_scores, z_threshold  # noqa: E402
-from watermark.reader import ReadModel, read_tflite  # noqa: E402
+from watermark.reader import ReadModel, keras_activations, read_tflite, tflite_activations  # noqa: E402
 from watermark.errors import VerificationError  # noqa: E402
 from watermark.verify import verify  # noqa: E402
 
@@ -94,8 +95,13 @@ def sign_up(ports, users: list[str], copies: int, recipe: str, first: int = 1) -
     return models
 
 
-def weight_attacks(rng: np.random.Generator, recipe: str):
+def weight_attacks(rng: np.random.Generator, recipe: str, models: dict[str, Weights]):
     """(family, strength, attack(weights, user) -> Weights | bytes)."""
+    users = sorted(models)
+
+    def planted(user: str) -> Weights:  # the next user's model, whose weights the decoys carry
+        return models[users[(users.index(user) + 1) % len(users)]]
+
     def own(user: str):  # the strongest thief: the user, leaking their own model, with their own data
         return simulated.user_data(recipe, user).train
 
@@ -120,16 +126,23 @@ def weight_attacks(rng: np.random.Generator, recipe: str):
               for s in (1, 10, 50)]
     table += [("inactive-neuron flood", f"{int(f * 100)}%, {s} sd", lambda w, u, f=f, s=s: attacks.permute_and_scale(
         attacks.inactive_flood(w, f, s, rng), rng)) for f, s in ((0.02, 20), (0.1, 20), (0.3, 10))]
+    table += [("decoys: another user's weights", "every unit", lambda w, u: attacks.permute_and_scale(
+        attacks.decoys(w, planted(u)), rng))]
     return table
 
 
-def as_weights(result, original: Weights) -> tuple[Weights, ReadModel]:
-    """An attack's result (weights, or a TFLite file in the original's architecture) and what the verifier
-    reads of it."""
+def as_weights(result, original: Weights):
+    """An attack's result (weights, or a TFLite file in the original's architecture), what the verifier reads
+    of it, and how it runs on a probe (the file in LiteRT, weights in Keras)."""
     if isinstance(result, bytes):
         read = read_tflite(result)
-        return Weights.of(read, attacks.to_keras(original)), read
-    return result, result.read()
+        return Weights.of(read, attacks.to_keras(original)), read, lambda probe: tflite_activations(result, probe)
+    return result, result.read(), runner(result)
+
+
+def runner(w: Weights):
+    """The weights run on a probe, as the verifier runs a file (watermark.reader.probe_activations)."""
+    return lambda probe: keras_activations(attacks.to_keras(w), probe)
 
 
 def main() -> None:
@@ -166,10 +179,11 @@ def main() -> None:
     print(f"the anchor's mark costs {100 * statistics.mean(fidelity):.2f} accuracy points on average",
           file=sys.stderr)
 
-    def judge(read: ReadModel):
-        """The verdict, or None where the verifier refuses the file (exit 2: cannot analyse, never a verdict)."""
+    def judge(read: ReadModel, run):
+        """The verdict, aligning by what the model does on the probe as `iml verify` does, or None where the
+        verifier refuses the file (exit 2: cannot analyse, never a verdict)."""
         try:
-            return verify(read, "-", ports.ledger, ports.kms, ports.models, top=len(models))
+            return verify(read, "-", ports.ledger, ports.kms, ports.models, top=len(models), activations=run)
         except VerificationError:
             return None
 
@@ -177,10 +191,10 @@ def main() -> None:
     for user, original in models.items():
         x, y = held(user, args.recipe)
         baseline = original.accuracy(x, y)
-        for family, strength, attack in weight_attacks(rng, args.recipe):
-            attacked, read = as_weights(attack(original, user), original)
+        for family, strength, attack in weight_attacks(rng, args.recipe, models):
+            attacked, read, run = as_weights(attack(original, user), original)
             accuracy = attacked.accuracy(x, y)
-            verdict = judge(read)
+            verdict = judge(read, run)
             candidates, accused = (verdict.candidates, verdict.accused) if verdict else ([], [])
             ranked = [c.user_id for c in candidates]
             true = next((c for c in candidates if c.user_id == user), None)
@@ -227,7 +241,7 @@ def main() -> None:
                 pooled = attacks.collude([models[u] for u in group], how, rng)
                 x, y = held(group[0], args.recipe)
                 drops.append(models[group[0]].accuracy(x, y) - pooled.accuracy(x, y))
-                verdict = judge(pooled.read())
+                verdict = judge(pooled.read(), runner(pooled))
                 accused = set(verdict.accused) if verdict else set()
                 some += bool(accused & set(group))
                 every += set(group) <= accused
@@ -252,7 +266,7 @@ def main() -> None:
                 pooled = attacks.collude([issued[user]] + more[user][:k - 1], how, rng)
                 x, y = held(user, args.recipe)
                 drops.append(issued[user].accuracy(x, y) - pooled.accuracy(x, y))
-                verdict = judge(pooled.read())
+                verdict = judge(pooled.read(), runner(pooled))
                 right += bool(verdict) and user in verdict.accused
                 innocents += len(set(verdict.accused) - {user}) if verdict else 0
                 log10_p.append(next((c.log10_p_value for c in verdict.candidates if c.user_id == user), 0.0)
@@ -284,15 +298,23 @@ def null_trials(ports, models: dict[str, Weights], recipe_name: str, out: Path, 
     never = {"base model": ReadModel("weights", base, biases, kinds),
              "model from another seed": ReadModel("weights", [k for _, _, k in tf_model.weight_layers(other_seed)],
                                                   biases, kinds)}
-    accusations = {name: verify(read, "-", ports.ledger, ports.kms, ports.models).accused
-                   for name, read in never.items()}
+    runs = {"model from another seed": lambda probe: keras_activations(other_seed, probe)}
+
+    def outcome(name: str, read: ReadModel) -> str:
+        try:
+            verdict = verify(read, "-", ports.ledger, ports.kms, ports.models, activations=runs.get(name))
+        except VerificationError as error:
+            return f"cannot analyse (exit 2): {error}"
+        return f"accused {verdict.accused or 'nobody'}"
+
+    accusations = {name: outcome(name, read) for name, read in never.items()}
     threshold_z = z_threshold(log10_threshold(len(models), 1e-9))
     print(f"null trials: {null_z.size} (issued model, never-embedded codeword) pairs; max z {null_z.max():.2f}; "
           f"accused at alpha 1e-9 (z >= {threshold_z:.2f}): {int(np.sum(null_z >= threshold_z))}")
     for t in (1, 2, 3, 4):
         print(f"  share of z >= {t}: {np.mean(null_z >= t):.5f}  (bound exp(-z^2/2) = {math.exp(-t * t / 2):.5f})")
-    for name, accused in accusations.items():
-        print(f"never issued, {name}: accused {accused or 'nobody'}")
+    for name, said in accusations.items():
+        print(f"never issued, {name}: {said}")
     np.save(out / "null-scores.npy", null_z)
     plot(null_z, out / "null-scores.png")
 

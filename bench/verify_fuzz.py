@@ -43,7 +43,7 @@ from infra.settings import Settings  # noqa: E402
 from watermark.research.attacks import (LARGE_FACTORS, MUTATION_KINDS, SPECIAL_VALUES, Mutation,  # noqa: E402
                                         mutate_tflite)
 from watermark.errors import VerificationError  # noqa: E402
-from watermark.reader import read_model  # noqa: E402
+from watermark.reader import probe_activations, read_model  # noqa: E402
 from watermark.verify import verify_file  # noqa: E402
 
 SOURCE = "alice"
@@ -105,7 +105,7 @@ def judge(workdir: Path, source: bytes, seeds: list[int]) -> Counter:
 
 def _outcome(path: Path, ports) -> str:
     try:
-        verdict = verify_file(path, ports.ledger, ports.kms, ports.models, read=read_model)
+        verdict = verify_file(path, ports.ledger, ports.kms, ports.models, read=read_model, run=probe_activations)
         json.loads(verdict.to_json())  # strict: NaN or infinity would raise
     except VerificationError as error:
         return f"error: {error.kind}"

@@ -115,13 +115,13 @@ def verify_model(data: bytes, ports, suffix: str = ".tflite"):
     (watermark.verify.verify_file), the file read in this process (the CLI reads it in its sandbox)."""
     import tempfile
 
-    from watermark.reader import read_model
+    from watermark.reader import probe_activations, read_model
     from watermark.verify import verify_file
 
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"model{suffix}"
         path.write_bytes(data)
-        return verify_file(path, ports.ledger, ports.kms, ports.models, read=read_model)
+        return verify_file(path, ports.ledger, ports.kms, ports.models, read=read_model, run=probe_activations)
 
 
 def strict_json(text: str) -> dict:

@@ -38,6 +38,10 @@ MIN_COSINE = 0.5
 # the learning rate grows a row by well under that; a flood of dead copies' weights by far more).
 ROW_SLACK = 1.5
 MAX_SCALE = 100.0
+# Activations (over the probe) at least this parallel are copies of one unit: float32 rounding, nothing more.
+COPY_COSINE = 1.0 - 1e-6
+# Below this share of what a hidden layer's units send on reproduced, the file does not run the base's path.
+MIN_REPRODUCED = 0.5
 # A suspect layer may hold this many times the base layer's neurons (dummies and copies); wider is not a
 # model made from the base one, and its cosine matrix would be unbounded work.
 MAX_WIDTH_FACTOR = 16
@@ -48,18 +52,27 @@ class Alignment:
     kernels: list[np.ndarray]  # the suspect's kernels, in the base model's shapes and neuron order
     report: list[str]  # what was undone, layer by layer, for the evidence report
     matched: list[tuple[int, int]]  # per hidden layer: base neurons that found a suspect neuron, of how many
+    ambiguous: int = 0  # base neurons with two working candidates of comparable weight (functional only)
+    functional: bool = False  # aligned by what the units do on the probe, not by their weights alone
 
 
 def align(suspect: list[np.ndarray], base: list[np.ndarray], min_cosine: float = MIN_COSINE, *,
-          suspect_kinds: list[str] | None = None, base_kinds: list[str] | None = None) -> Alignment:
+          suspect_kinds: list[str] | None = None, base_kinds: list[str] | None = None,
+          activations: list[np.ndarray] | None = None) -> Alignment:
     """The suspect's kernels in the base model's shapes and unit order. Kinds (watermark.base.LAYER_KINDS) say
-    how to read each kernel; without them every layer is dense."""
+    how to read each kernel; without them every layer is dense. `activations` (watermark.reader.
+    probe_activations: per suspect kernel, what it reads on the base's probe inputs) make the alignment
+    functional (see `_fold`); without them it goes by the weights alone."""
     suspect_kinds = suspect_kinds or ["dense"] * len(suspect)
     base_kinds = base_kinds or ["dense"] * len(base)
     theirs, ours = _shaped(suspect, suspect_kinds, base_kinds), _shaped(base, base_kinds, base_kinds)
     _check_shapes(theirs, ours)
-    aligned, report, matched = [], [], []
+    sent = _sent(activations, theirs) if activations else None
+    aligned, report, matched, ambiguous = [], [], [], 0
     incoming = theirs[0]
+    if sent is not None:  # an input that is 0 on every probe input (a digit's corner pixel) is none of the function
+        idle_inputs = ~np.any(sent[0] != 0, axis=0)
+        incoming = incoming * np.where(idle_inputs, 0.0, 1.0)[None, :, None]
     for layer, reference in enumerate(ours[:-1]):
         flat_in, flat_ref = incoming.reshape(-1, incoming.shape[2]), reference.reshape(-1, reference.shape[2])
         # units set aside for their scale (a silenced neuron's 1e6 weights) would inflate every input unit
@@ -68,23 +81,119 @@ def align(suspect: list[np.ndarray], base: list[np.ndarray], min_cosine: float =
         caps = _row_caps(counted, reference)
         capped = (incoming * caps[None, :, None]).reshape(flat_in.shape)
         mapping, scales, cosines, out_of_range = _match(capped, flat_ref, min_cosine, whole=flat_in)
+        outgoing = theirs[layer + 1]
+        if sent is None:
+            chosen, moves = _by_weights(mapping, scales, cosines, flat_ref.shape[1])
+            function = "; weights alone (no activations)"
+        else:
+            chosen, moves, unsure, function = _fold(mapping, scales, cosines, sent[layer + 1], outgoing,
+                                                    flat_ref.shape[1], layer)
+            if layer == 0:
+                function += f"; {int(idle_inputs.sum())} inputs 0 on every probe input left out"
+            ambiguous += unsure
         columns = np.zeros(flat_ref.shape)
-        moves = np.zeros((flat_in.shape[1], flat_ref.shape[1]))  # suspect unit -> base unit, with scale
-        for j in np.flatnonzero(mapping >= 0):
-            moves[j, mapping[j]] = scales[j]
-        # a base unit takes the best-matching suspect unit's (rescaled) incoming weights
-        for i in range(flat_ref.shape[1]):
-            candidates = np.flatnonzero(mapping == i)
-            if candidates.size:
-                best = candidates[np.argmax(cosines[candidates])]
-                columns[:, i] = flat_in[:, best] / scales[best]
+        for i, unit in enumerate(chosen):
+            if unit >= 0:
+                columns[:, i] = flat_in[:, unit] / scales[unit]
         aligned.append(columns.reshape(reference.shape))
         # outgoing weights follow, scaled and summed: the next layer's input channels, at every position
-        incoming = np.matmul(moves.T[None], theirs[layer + 1])
-        report.append(_describe(layer, mapping, scales, out_of_range, flat_ref.shape[1], int(np.sum(caps < 1))))
+        incoming = np.matmul(moves.T[None], outgoing)
+        report.append(_describe(layer, mapping, scales, out_of_range, flat_ref.shape[1], int(np.sum(caps < 1)))
+                      + function)
         matched.append((int(np.unique(mapping[mapping >= 0]).size), flat_ref.shape[1]))
     aligned.append(incoming)
-    return Alignment([a.reshape(b.shape) for a, b in zip(aligned, base)], report, matched)
+    return Alignment([a.reshape(b.shape) for a, b in zip(aligned, base)], report, matched, ambiguous,
+                     functional=sent is not None)
+
+
+def _by_weights(mapping: np.ndarray, scales: np.ndarray, cosines: np.ndarray, base_units: int):
+    """Without activations: a base unit takes the best-matching suspect unit's incoming weights, and every unit
+    matched to it sends its outgoing weights there, times its scale (copies add up)."""
+    chosen = np.full(base_units, -1)
+    moves = np.zeros((mapping.size, base_units))  # suspect unit -> base unit, with scale
+    for i in range(base_units):
+        candidates = np.flatnonzero(mapping == i)
+        if candidates.size:
+            chosen[i] = candidates[np.argmax(cosines[candidates])]
+            moves[candidates, i] = scales[candidates]
+    return chosen, moves
+
+
+def _sent(activations: list[np.ndarray], theirs: list[np.ndarray]) -> list[np.ndarray]:
+    """Per weight layer, what each of its input units (the model's inputs, then each hidden layer's units)
+    sends on over the probe: (rows, units), a row per probe input (and position, after a convolution or a
+    flatten: channels last)."""
+    if len(activations) != len(theirs):
+        raise IncompatibleModel(f"the model ran {len(activations)} weight layers on the probe inputs and holds "
+                                f"{len(theirs)}")
+    sent = []
+    for layer, (values, kernel) in enumerate(zip(activations, theirs), start=1):
+        units = kernel.shape[1]
+        if values.ndim != 2 or values.shape[1] % units or values.shape[1] // units not in (1, kernel.shape[0]):
+            raise IncompatibleModel(f"layer {layer} read {values.shape[-1]} values per probe row, not its "
+                                    f"{units} input channels")
+        sent.append(np.asarray(values, np.float64).reshape(-1, units))
+    return sent
+
+
+def _fold(mapping: np.ndarray, scales: np.ndarray, cosines: np.ndarray, sent: np.ndarray, outgoing: np.ndarray,
+          base_units: int, layer: int):
+    """With activations (`sent`: what each suspect unit sends on over the probe), by function:
+
+    - a unit that never fires on the probe, or sends to nothing, carries nothing of the model's function: it
+      is set aside, and its weights (another user's, a flood) count nowhere;
+    - the suspect units matched to one base unit are grouped into copies (activations proportional on the
+      probe); a group carries the sum of its members' outgoing weights, each times its activation's size, so
+      copies whose outgoing weights cancel carry nothing; the base unit takes its incoming weights from the
+      group that carries the most (a runner-up carrying at least half as much is counted as ambiguous);
+    - every matched unit's outgoing weights move to its base unit times the least-squares factor of its
+      activation on the chosen unit's (for a copy exactly its scale, for a unit that never fires 0);
+    - what the aligned layer reproduces of what the file's units send on (activation times outgoing weights,
+      unit by unit) is reported; below MIN_REPRODUCED the file's working path is not the base model's, and
+      IncompatibleModel says so.
+    """
+    units = mapping.size
+    sizes = np.sqrt(np.square(sent).sum(axis=0))
+    out_norms = np.sqrt(np.square(outgoing).sum(axis=(0, 2)))
+    live = (sizes > 0) & (out_norms > 0)
+    directions = sent / np.where(sizes > 0, sizes, 1.0)
+    chosen, moves = np.full(base_units, -1), np.zeros((units, base_units))
+    errors = np.where(live, np.square(sizes * out_norms), 0.0)  # what is not reproduced, unit by unit
+    signal = float(errors.sum())
+    ambiguous = 0
+    for i in range(base_units):
+        members = np.flatnonzero((mapping == i) & live)
+        if not members.size:
+            continue
+        carried = []  # (what a group carries, its members)
+        remaining = members[np.argsort(-sizes[members] * out_norms[members], kind="stable")]
+        while remaining.size:
+            copies = remaining[directions[:, remaining].T @ directions[:, remaining[0]] >= COPY_COSINE]
+            summed = np.tensordot(outgoing[:, copies, :], sizes[copies], axes=([1], [0]))
+            carried.append((float(np.linalg.norm(summed)), copies))
+            remaining = np.setdiff1d(remaining, copies, assume_unique=True)
+        carried.sort(key=lambda group: -group[0])
+        ambiguous += len(carried) > 1 and carried[1][0] >= 0.5 * carried[0][0] > 0
+        group = carried[0][1]
+        unit = chosen[i] = group[np.argmax(cosines[group])]
+        reference = sent[:, unit] / scales[unit]
+        factors = (sent[:, members].T @ reference) / (reference @ reference)
+        moves[members, i] = factors
+        left = sent[:, members] - reference[:, None] * factors[None, :]
+        errors[members] = np.square(np.sqrt(np.square(left).sum(axis=0)) * out_norms[members])
+    if signal <= 0:
+        raise IncompatibleModel(f"hidden layer {layer + 1} sends nothing on over the probe inputs")
+    reproduced = 1.0 - float(errors.sum()) / signal
+    if not reproduced >= MIN_REPRODUCED:
+        raise IncompatibleModel(
+            f"hidden layer {layer + 1}: the units matched to the base model reproduce {max(reproduced, 0):.0%} of "
+            f"what its units send on over the probe inputs (at least {MIN_REPRODUCED:.0%} needed): its working "
+            f"path is not the base model's")
+    idle = int(np.sum(~live))
+    return chosen, moves, ambiguous, (
+        f"; {idle} units idle on the probe ({len(sent)} rows) set aside, {ambiguous} base neurons with two "
+        f"working candidates of comparable weight; the aligned layer reproduces {reproduced:.1%} of what its "
+        f"units send on over the probe")
 
 
 _FAMILY = {"dense": "dense", "conv1d": "convolution", "conv2d": "convolution"}

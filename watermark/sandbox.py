@@ -47,6 +47,7 @@ from watermark.reader import ReadModel
 
 _ROOT = Path(__file__).resolve().parents[1]
 _ARRAY = re.compile(r"^(kernel|bias)_(\d{3})$")
+_ACTIVATIONS = re.compile(r"^activations_(\d{3})$")
 _FORMAT = re.compile(r"^(keras|savedmodel|tflite (float16|float32|int8)(\+(float16|float32|int8)){0,2})$")
 _SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
 EXIT_UNREADABLE = 3
@@ -133,14 +134,28 @@ def _sha256_of(path: Path) -> str:
 
 
 def read_model_isolated(path: Path, limits: ReadLimits = ReadLimits()) -> ReadModel:
-    """The file's dense kernels and biases, read by a child process under `limits`."""
+    """The file's kernels and biases, read by a child process under `limits`."""
+    return from_npz(_in_child(path, limits))
+
+
+def probe_activations_isolated(path: Path, probe: np.ndarray, limits: ReadLimits = ReadLimits()) -> list[np.ndarray]:
+    """watermark.reader.probe_activations, run by a child process under `limits`: the file is run on the probe
+    inputs there, never here."""
+    with tempfile.TemporaryDirectory(prefix="iml-probe-", ignore_cleanup_errors=True) as folder:
+        probe_file = Path(folder) / "probe.npy"
+        np.save(probe_file, np.asarray(probe, np.float32), allow_pickle=False)
+        return activations_from_npz(_in_child(path, limits, probe_file))
+
+
+def _in_child(path: Path, limits: ReadLimits, probe: Path | None = None) -> bytes:
+    """What the child hands back: the arrays it wrote, at most limits.output_bytes; UnreadableModel otherwise."""
     path = Path(path).resolve()
     with tempfile.TemporaryDirectory(prefix="iml-read-", ignore_cleanup_errors=True) as scratch:
         out, reason = Path(scratch) / "weights.npz", Path(scratch) / "reason.txt"
         command = [sys.executable, "-I", "-c",
                    f"import sys; sys.path.insert(0, {str(_ROOT)!r}); from watermark.sandbox import _child; _child()",
                    str(path), str(out), str(reason), str(limits.memory_bytes), str(int(limits.seconds) + 1),
-                   str(limits.output_bytes)]
+                   str(limits.output_bytes), str(probe or "")]
         environment = {"PATH": os.defpath, "HOME": scratch, "TMPDIR": scratch, "LANG": "C.UTF-8",
                        "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
         # no pipes: a process the child leaves behind can hold nothing open that the verifier waits on
@@ -158,7 +173,7 @@ def read_model_isolated(path: Path, limits: ReadLimits = ReadLimits()) -> ReadMo
             raise UnreadableModel("".join(c if c.isprintable() else "?" for c in said).strip() or "unreadable")
         if child.returncode != 0:
             raise UnreadableModel(f"the model parser failed ({_how(child.returncode)})")
-        return from_npz(_read_bounded(out, limits.output_bytes))
+        return _read_bounded(out, limits.output_bytes)
 
 
 def _read_bounded(path: Path, limit: int) -> bytes:
@@ -187,14 +202,7 @@ def to_npz(model: ReadModel) -> bytes:
 def from_npz(data: bytes) -> ReadModel:
     """A ReadModel from the child's arrays, refusing anything but float64 kernels (of their kind's dimensions)
     and biases (1-D), known layer kinds and a format from the reader's list. Only stored (uncompressed) members: no archive inflates in the verifier."""
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            if any(info.compress_type != zipfile.ZIP_STORED for info in archive.infolist()):
-                raise UnreadableModel("the model parser handed back compressed arrays")
-        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
-            loaded = {name: arrays[name] for name in arrays.files}
-    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
-        raise UnreadableModel(f"the model parser handed back no readable arrays ({type(error).__name__})") from None
+    loaded = _stored_arrays(data, "arrays")
     form = loaded.pop("format", None)
     if form is None or form.dtype.kind != "U" or form.ndim != 0 or not _FORMAT.match(str(form)):
         raise UnreadableModel("the model parser handed back no known format")
@@ -218,6 +226,39 @@ def from_npz(data: bytes) -> ReadModel:
             or any(k.ndim != LAYER_KINDS[kind] for k, kind in zip(kernels, kinds)) or any(b.ndim != 1 for b in biases):
         raise UnreadableModel("the model parser handed back weights of the wrong shape")
     return ReadModel(str(form), kernels, biases, kinds)
+
+
+def activations_to_npz(activations: list[np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **{f"activations_{i:03d}": np.asarray(a, np.float32) for i, a in enumerate(activations)})
+    return buffer.getvalue()
+
+
+def activations_from_npz(data: bytes) -> list[np.ndarray]:
+    """The child's activations: stored members only, each 2-D float32 and finite, numbered without a gap
+    (watermark.align checks their widths against the kernels)."""
+    loaded = _stored_arrays(data, "activations")
+    found = {}
+    for name, array in loaded.items():
+        match = _ACTIVATIONS.match(name)
+        if not match or array.dtype != np.float32 or array.ndim != 2 or not np.all(np.isfinite(array)):
+            raise UnreadableModel("the model runner handed back something other than activations")
+        found[int(match[1])] = array
+    if len(found) > MAX_LAYERS or set(found) != set(range(len(found))):
+        raise UnreadableModel("the model runner handed back an incomplete set of layers")
+    return [found[i] for i in range(len(found))]
+
+
+def _stored_arrays(data: bytes, what: str) -> dict[str, np.ndarray]:
+    """The arrays of an .npz the child wrote; only stored (uncompressed) members: no archive inflates here."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            if any(info.compress_type != zipfile.ZIP_STORED for info in archive.infolist()):
+                raise UnreadableModel(f"the model parser handed back compressed {what}")
+        with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
+            return {name: arrays[name] for name in arrays.files}
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:
+        raise UnreadableModel(f"the model parser handed back no readable {what} ({type(error).__name__})") from None
 
 
 def shield_this_process() -> None:
@@ -252,22 +293,26 @@ def _child() -> None:
     write the arrays (or the reason the file is unreadable)."""
     path, out, reason = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     memory, seconds, output = map(int, sys.argv[4:7])
+    probe_file = sys.argv[7]
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     resource.setrlimit(resource.RLIMIT_CPU, (seconds, seconds))
     resource.setrlimit(resource.RLIMIT_FSIZE, (output, output))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     _leave_the_network()
-    from watermark.reader import read_model
+    from watermark.reader import probe_activations, read_model
 
     try:
-        model = read_model(Path(path))
+        if probe_file:
+            result = activations_to_npz(probe_activations(Path(path), np.load(probe_file, allow_pickle=False)))
+        else:
+            result = to_npz(read_model(Path(path)))
     except UnreadableModel as error:
         _say_unreadable(reason, str(error))
     except MemoryError:
         _say_unreadable(reason, f"the model parser ran out of its {memory >> 20} MiB of memory")
     except Exception as error:  # a parser's defect, met on a crafted file: the file is unreadable all the same
         _say_unreadable(reason, f"the model parser failed ({type(error).__name__})")
-    out.write_bytes(to_npz(model))
+    out.write_bytes(result)
     os._exit(0)
 
 

@@ -29,10 +29,10 @@ from watermark.align import align
 from watermark.codeword import codeword_seed
 from watermark.detect import (DEFAULT_ALPHA, Residual, log10_p_value, log10_threshold, representable,
                               z_scores)
-from watermark.errors import ImplausibleWeights, IncompatibleModel, NoLedger, VerificationError
+from watermark.errors import ImplausibleWeights, IncompatibleModel, NoLedger, UnreadableModel, VerificationError
 from watermark.identity import Identity
 from watermark.reader import ReadModel
-from watermark.sandbox import file_sha256, read_model_isolated, snapshot
+from watermark.sandbox import file_sha256, probe_activations_isolated, read_model_isolated, snapshot
 
 DEFAULT_MAX_ACCUSED = 3
 MANY_ACCUSED = "needs review: unusually many accused"
@@ -131,13 +131,16 @@ def verify_file(
     models: BlobStore,
     *,
     read: Callable[[Path], ReadModel] = read_model_isolated,
+    run: Callable[[Path, np.ndarray], list[np.ndarray]] = probe_activations_isolated,
     **options,
 ) -> Verdict:
-    """Copy the file at `path` aside, take its digest, read the copy (apart, by default) and rank every issued
-    model against it: the bytes hashed are the bytes scored."""
+    """Copy the file at `path` aside, take its digest, read the copy and run it on each base model's probe
+    inputs (apart, by default: watermark.sandbox) and rank every issued model against it: the bytes hashed are
+    the bytes scored."""
     with tempfile.TemporaryDirectory(prefix="iml-verify-") as folder:
         copy = snapshot(Path(path), Path(folder))
-        return verify(read(copy), file_sha256(copy), ledger, kms, models, **options)
+        return verify(read(copy), file_sha256(copy), ledger, kms, models,
+                      activations=lambda probe: run(copy, probe), **options)
 
 
 def verify(
@@ -151,8 +154,11 @@ def verify(
     top: int = 5,
     max_accused: int = DEFAULT_MAX_ACCUSED,
     progress: Callable[[int, int], None] = lambda done, total: None,
+    activations: Callable[[np.ndarray], list[np.ndarray]] | None = None,
 ) -> Verdict:
-    """Rank every fingerprint identity in the ledger against `suspect`. M counts the distinct identities of
+    """Rank every fingerprint identity in the ledger against `suspect`. `activations` runs the suspect on a
+    base model's probe inputs (watermark.reader.probe_activations), for alignment by function; without it
+    (or for a SavedModel, which is not run) alignment goes by the weights alone. M counts the distinct identities of
     the records read, and each record that names none (unreadable, malformed, an unknown scheme) as one more:
     never fewer than the codewords that could be scored. Signatures are checked for the records of the
     identities that are shown or accused; a record whose signature fails is reported and never used."""
@@ -186,6 +192,7 @@ def verify(
     scored: list[tuple[float, Identity, list[_Record]]] = []
     alignment_report: list[str] = []
     weak_alignment: list[str] = []
+    ambiguous: list[str] = []
     incompatible: list[IncompatibleModel] = []
     for version, group in sorted(groups.items()):
         records = list({id(record): record for members in group.values() for record in members}.values())
@@ -195,14 +202,25 @@ def verify(
             excluded += [f"{r.entry.name}: base model {version!r} is not at hand ({error})" for r in records]
             continue
         try:
+            ran = _run(activations, published)
             aligned = align(suspect.kernels, [layer.kernel for layer in published.layers],
-                            suspect_kinds=suspect.layer_kinds, base_kinds=[layer.kind for layer in published.layers])
+                            suspect_kinds=suspect.layer_kinds, base_kinds=[layer.kind for layer in published.layers],
+                            activations=ran)
         except IncompatibleModel as error:
             incompatible.append(error)
             excluded += [f"{r.entry.name}: the file cannot descend from base model {version!r} ({error})"
                          for r in records]
             continue
         alignment_report += [f"{version}: {line}" for line in aligned.report]
+        if not aligned.functional:
+            alignment_report.append(f"{version}: aligned by the weights alone: the file was not run on the probe "
+                                    f"inputs")
+        if ran == []:  # a form the verifier does not run (a SavedModel)
+            ambiguous.append(f"the file's form is not run on the probe inputs, so alignment to {version} went "
+                             f"by the weights alone")
+        if aligned.ambiguous:
+            ambiguous.append(f"alignment to {version} found {aligned.ambiguous} base neurons with two working "
+                             f"candidates of comparable weight")
         weak_alignment += [f"alignment to {version} matched {found} of {total} base neurons of hidden layer {layer}"
                            for layer, (found, total) in enumerate(aligned.matched, start=1)
                            if found < MIN_MATCHED_SHARE * total]
@@ -224,6 +242,9 @@ def verify(
     if not accused and excluded:
         review.append(f"needs review: nobody accused, but {len(excluded)} issued-model records could not be "
                       f"scored and the source may be among them")
+    if ambiguous:
+        review.append(f"needs review: {'; '.join(ambiguous)}: the file may combine several models, and an "
+                      f"accusation may name whoever's weights were planted")
     if not accused and weak_alignment:
         review.append(f"needs review: nobody accused, but {'; '.join(weak_alignment)}: the file may be a "
                       f"disguised copy")
@@ -245,6 +266,18 @@ def verify(
                               for c in candidates if c.accused for model_id in c.model_ids}.values()),
         scores=np.array([z for z, _, _ in scored]),
     )
+
+
+def _run(activations: Callable[[np.ndarray], list[np.ndarray]] | None,
+         published: base.PublishedBase) -> list[np.ndarray] | None:
+    """The suspect's activations on the base's probe inputs (None: not asked for; []: a form that is not run);
+    a file that does not run on them cannot be analysed against that base (IncompatibleModel)."""
+    if activations is None:
+        return None
+    try:
+        return activations(published.probe)
+    except UnreadableModel as error:
+        raise IncompatibleModel(f"the file does not run on the base model's probe inputs: {error}") from None
 
 
 def check_finite(suspect: ReadModel) -> None:

@@ -98,5 +98,7 @@ def test_a_leak_handed_over_as_keras_or_savedmodel_is_traced(issued, tmp_path, f
     assert read.format == form
     for got, want in zip(read.kernels, issued.models["alice"].kernels, strict=True):
         assert np.allclose(got, want, atol=1e-6)
-    verdict = verify_file(path, issued.ports.ledger, issued.ports.kms, issued.ports.models)  # read apart
+    verdict = verify_file(path, issued.ports.ledger, issued.ports.kms, issued.ports.models)  # read and run apart
     assert verdict.accused == ["alice"] and verdict.format == form
+    # a Keras file runs on the probe; a SavedModel is not run, and the verdict says alignment went by weights
+    assert verdict.needs_review == (form == "savedmodel")

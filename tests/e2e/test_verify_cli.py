@@ -83,10 +83,15 @@ def test_a_file_with_non_finite_weights_exits_2_naming_the_layer(crowd, tmp_path
 def test_a_weight_of_1e30_is_left_out_and_the_leak_still_names_its_user(crowd, tmp_path, layer):
     """In a hidden layer, the neuron holding it is unmatched (its scale beyond 1/100 to 100) and dropped; the
     output layer carries nothing and enters no score (a carrier weight beyond 100 base spreads that alignment
-    keeps is refused: tests/unit/test_detect.py). Nothing overflows, and the rest of the file still speaks."""
+    keeps is refused: tests/unit/test_detect.py). Nothing overflows, and the rest of the file still speaks, or,
+    where the weight reads a unit that fires, the neuron holding it drives the outputs: the file's working path is
+    not the base's and it cannot be analysed (exit 2)."""
     path = tmp_path / "far.tflite"
     path.write_bytes(attacks.mutate_tflite(crowd.source, [Mutation("set", layer, 7, 1e30)]))
     code, result = verify_cli(crowd, path)
+    if code == 2:  # the weight reads a unit that fires: the model's outputs are that unit's, not the base's path
+        assert layer == 1 and "reproduce" in result.stderr and "e+30" not in result.stderr and not result.stdout
+        return
     assert code == 0 and strict_json(result.stdout)["accused"] == [SOURCE]
 
 

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from watermark.errors import UnreadableModel
-from watermark.reader import ReadModel, read_model
+from watermark import base
+from watermark.reader import ReadModel, probe_activations, read_model
 from watermark.research import attacks
-from watermark.sandbox import ReadLimits, from_npz, read_model_isolated, to_npz
+from watermark.sandbox import ReadLimits, from_npz, probe_activations_isolated, read_model_isolated, to_npz
+from tests.helpers import DIGITS_BASE
 
 
 def test_the_sandbox_reads_what_the_process_itself_reads(crowd, tmp_path):
@@ -24,6 +26,19 @@ def test_the_sandbox_reads_what_the_process_itself_reads(crowd, tmp_path):
     assert apart.format == here.format == "tflite float32"
     for got, want in zip(apart.kernels + apart.biases, here.kernels + here.biases, strict=True):
         assert np.array_equal(got, want)
+
+
+def test_the_sandbox_runs_the_file_on_the_probe_as_the_process_itself_does(crowd, tmp_path):
+    """What each weight layer reads on the base's probe inputs: the probe itself first, then each hidden
+    layer's outputs (ReLU: never negative), the same apart as here."""
+    path = tmp_path / "leak.tflite"
+    path.write_bytes(crowd.source)
+    probe = base.load(crowd.ports.models, DIGITS_BASE).probe
+    apart, here = probe_activations_isolated(path, probe), probe_activations(path, probe)
+    assert [a.shape for a in apart] == [(len(probe), 64), (len(probe), 128), (len(probe), 32)]
+    assert np.allclose(apart[0], probe.reshape(len(probe), -1))
+    assert all(np.array_equal(a, b) for a, b in zip(apart, here, strict=True))
+    assert all(np.all(a >= 0) and np.any(a > 0) for a in apart[1:])
 
 
 def test_a_parser_that_crashes_leaves_no_verdict_and_holds_no_credentials(tmp_path, issued, monkeypatch):

@@ -12,7 +12,7 @@ from infra.ledger import IssuedModel
 from infra.settings import Settings
 from tests.helpers import DIGITS_BASE, FACTS, issue_models, strict_json
 from watermark.identity import IDENTITY_SCHEME, MODEL_SCHEME, Identity
-from watermark.reader import read_model, read_tflite
+from watermark.reader import probe_activations, read_model, read_tflite
 from watermark.research import attacks
 from watermark.verify import verify_file
 
@@ -31,7 +31,7 @@ def test_a_users_copies_carry_one_mark_that_pooling_them_keeps(issued, tmp_path)
     for how in ("midpoint", "mean"):
         path = tmp_path / f"{how}.tflite"
         path.write_bytes(attacks.to_tflite(attacks.collude(copies, how, np.random.default_rng(0))))
-        verdict = verify_file(path, ports.ledger, ports.kms, ports.models, read=read_model)
+        verdict = verify_file(path, ports.ledger, ports.kms, ports.models, read=read_model, run=probe_activations)
         body = strict_json(verdict.to_json())
         assert body["accused"] == ["alice"], how
         assert body["identities_ranked"] == 3 and body["records_read"] == 4
@@ -72,7 +72,7 @@ def test_a_leak_recorded_by_an_encrypt_step_older_than_schemes_still_names_its_u
     assert ports.ledger.append("issued", entry.record["model_id"], fields, ports.clock())
     path = tmp_path / "leak.tflite"
     path.write_bytes(issued.tflite["alice"])
-    body = strict_json(verify_file(path, ports.ledger, ports.kms, ports.models, read=read_model).to_json())
+    body = strict_json(verify_file(path, ports.ledger, ports.kms, ports.models, read=read_model, run=probe_activations).to_json())
     assert body["accused"] == ["alice"] and body["identities_ranked"] == 4 and body["records_read"] == 3
     assert [c["fingerprint_scheme"] for c in body["candidates"] if c["accused"]] == [IDENTITY_SCHEME]
     assert body["excluded_records"] == []

@@ -21,7 +21,7 @@ from infra.bootstrap import MovableClock, local_ports
 from infra.settings import Settings
 from tests.helpers import CROWD_SIZE, DIGITS_BASE, FACTS, SOURCE, mutations, strict_json
 from watermark.errors import VerificationError
-from watermark.reader import read_model
+from watermark.reader import probe_activations, read_model
 from watermark.research import attacks
 from watermark.research.attacks import Mutation
 from watermark.verify import verify_file
@@ -46,7 +46,7 @@ def test_no_crafted_weights_accuse_an_innocent(crowd, edits):
         path = Path(folder) / "crafted.tflite"
         path.write_bytes(attacks.mutate_tflite(crowd.source, edits))
         try:
-            verdict = verify_file(path, crowd.ports.ledger, crowd.ports.kms, crowd.ports.models, read=read_model)
+            verdict = verify_file(path, crowd.ports.ledger, crowd.ports.kms, crowd.ports.models, read=read_model, run=probe_activations)
         except VerificationError as error:
             assert str(error) and error.kind in {"implausible", "incompatible", "unreadable"}
             return
@@ -55,7 +55,7 @@ def test_no_crafted_weights_accuse_an_innocent(crowd, edits):
 
 def verify_crowd(crowd, path: Path, ledger_workdir: Path | None = None):
     ports = local_ports(Settings(workdir=ledger_workdir), MovableClock()) if ledger_workdir else crowd.ports
-    return verify_file(path, ports.ledger, ports.kms, ports.models, read=read_model)
+    return verify_file(path, ports.ledger, ports.kms, ports.models, read=read_model, run=probe_activations)
 
 
 def test_each_codeword_comes_from_the_key_version_its_record_names(crowd, tmp_path):
@@ -98,33 +98,45 @@ def test_junk_in_the_ledger_is_excluded_and_the_rest_still_scored(crowd, tmp_pat
                                                 "records/zzz/issued.json: not an issued-model record"]
 
 
-def test_a_disguised_copy_is_traced_or_flagged(crowd, tmp_path):
-    """Pixel 0 of every digit is 0: scaling its weights leaves the model's function alone. Scaled 20 times, the
-    inflated input is capped in alignment's cosines and fills one block of the residual: alice is accused (before
-    the caps, nobody was). Scaled a million times, the neurons' incoming weights are set aside as too large:
-    nobody is accused and the verdict says to look, or, where a neuron's pixel-0 weight is tiny enough to keep
-    it matched, the file is refused as implausible (exit 2). Never a verdict that names someone or reads as
-    a clean "nobody" (functional alignment is not built yet)."""
+def test_a_disguised_copy_is_traced(crowd, tmp_path):
+    """Pixel 0 of every digit is 0: scaling its weights leaves the model's function alone. Scaled 20 or a million
+    times, alice is accused: the input is 0 on every probe input, so alignment leaves its weights out (before
+    alignment ran the file, the million-fold copy named nobody and was only flagged for review)."""
     path = tmp_path / "disguised.tflite"
-    path.write_bytes(attacks.mutate_tflite(crowd.source, [Mutation("scale-row", 0, 0, 20.0)]))
-    assert verify_crowd(crowd, path).accused == [SOURCE]
-    path.write_bytes(attacks.mutate_tflite(crowd.source, [Mutation("scale-row", 0, 0, 1e6)]))
-    try:
+    for factor in (20.0, 1e6):
+        path.write_bytes(attacks.mutate_tflite(crowd.source, [Mutation("scale-row", 0, 0, factor)]))
         verdict = verify_crowd(crowd, path)
-    except VerificationError as error:
-        assert error.kind == "implausible" and "layer 'hidden_1'" in str(error)
-        return
-    assert verdict.accused == [] and verdict.needs_review
-    assert any(f"alignment to {DIGITS_BASE} matched" in reason for reason in verdict.review_reasons)
+        assert verdict.accused == [SOURCE] and not verdict.needs_review
+        assert any("inputs 0 on every probe input left out" in line for line in verdict.alignment)
 
 
-def test_a_file_alignment_cannot_match_that_names_nobody_is_flagged_for_review(crowd, tmp_path):
+def test_decoys_carrying_another_users_weights_accuse_the_working_models_user(crowd, issued, tmp_path):
+    """Beside every hidden neuron of alice's model, bob's same neuron, never firing, with outgoing weights that
+    add up to bob's: the model works as alice's did, and a verifier going by weights alone accuses bob. Run on
+    the probe, the decoys are idle and set aside: alice alone is accused."""
+    path = tmp_path / "decoys.tflite"
+    path.write_bytes(attacks.to_tflite(attacks.decoys(issued.models[SOURCE], issued.models["bob"])))
+    verdict = verify_crowd(crowd, path)
+    assert verdict.accused == [SOURCE] and not verdict.needs_review
+    assert all("units idle on the probe" in line for line in verdict.alignment)
+    by_weights = verify_file(path, crowd.ports.ledger, crowd.ports.kms, crowd.ports.models, read=read_model,
+                             run=lambda copy, probe: [])
+    assert "bob" in by_weights.accused  # the attack is real: weights alone name the planted user
+
+
+def test_a_file_whose_working_path_alignment_cannot_match_cannot_be_analysed(crowd, tmp_path):
     """Every first-layer neuron's incoming weights negated (a crafted file: the function changes): hardly a
-    neuron matches a base neuron, nobody is accused, and the verdict says to look before anyone reads it as
-    "not a leak"."""
+    neuron matches a base neuron, and the ones that fire are not the base's. Run on the probe, the file cannot
+    be analysed (exit 2), never "nobody". By weights alone (a form that is not run) it names nobody and the
+    verdict says to look before anyone reads it as "not a leak"."""
     path = tmp_path / "negated.tflite"
     path.write_bytes(attacks.mutate_tflite(crowd.source, [Mutation("scale-column", 0, i, -1.0) for i in range(128)]))
-    verdict = verify_crowd(crowd, path)
+    with pytest.raises(VerificationError, match=r"hidden layer 1: the units matched to the base model reproduce "
+                                                r"\d+% of what its units send on") as refused:
+        verify_crowd(crowd, path)
+    assert refused.value.kind == "incompatible"
+    verdict = verify_file(path, crowd.ports.ledger, crowd.ports.kms, crowd.ports.models, read=read_model,
+                          run=lambda copy, probe: [])
     assert verdict.accused == [] and verdict.needs_review
     assert any(re.search(rf"alignment to {DIGITS_BASE} matched \d+ of 128 base neurons of hidden layer 1", reason)
                for reason in verdict.review_reasons)

@@ -146,6 +146,27 @@ def inactive_flood(w: Weights, fraction: float, spreads: float, rng: np.random.G
     return w.with_arrays(kernels, biases)
 
 
+def decoys(w: Weights, other: Weights) -> Weights:
+    """Beside every hidden unit, the same unit of `other` (another user's model of the same base), which never
+    fires (a bias of -1e3), with outgoing weights that make each pair's outgoing weights add up to `other`'s:
+    the function is unchanged, while the file holds `other`'s weights everywhere and, summed over copies,
+    `other`'s next layers. A verifier that goes by weights alone may accuse `other`'s user."""
+    kernels, biases = [k.copy() for k in w.kernels], [b.copy() for b in w.biases]
+    for layer in range(len(kernels) - 1):
+        units = w.kernels[layer].shape[-1]
+        theirs = other.kernels[layer]
+        if layer:  # inputs: the working units, then the decoys before (never firing: weight 0)
+            before = w.kernels[layer - 1].shape[-1]
+            rows = _outgoing(theirs, before)
+            theirs = _as_next(np.concatenate([rows, np.zeros_like(rows)], axis=1), kernels[layer])
+        kernels[layer] = np.concatenate([kernels[layer], theirs], axis=-1)
+        biases[layer] = np.concatenate([biases[layer], np.full(units, -1e3)])
+        rows = _outgoing(kernels[layer + 1], units)
+        planted = _outgoing(other.kernels[layer + 1], units) - _outgoing(w.kernels[layer + 1], units)
+        kernels[layer + 1] = _as_next(np.concatenate([rows, planted], axis=1), kernels[layer + 1])
+    return w.with_arrays(kernels, biases)
+
+
 def head_shift(w: Weights, spreads: float, rng: np.random.Generator) -> Weights:
     """The same vector added to every class column of the last kernel: a softmax output does not change."""
     kernels = list(w.kernels)
