@@ -15,6 +15,9 @@ verifier holds ledger and fingerprint-key access. So:
   uncompressed NumPy .npz read with pickling off and checked name by name, and a format from a fixed list;
   at most a short reason otherwise. A file that makes the parser fail, crash, hang or exhaust a limit is
   unreadable.
+- `probe_activations_isolated` runs the copy on a base model's probe inputs in the same kind of child (the
+  probe handed over as a plain .npy) and takes back float32 arrays only, checked the same way: a file that
+  fails, crashes or computes values that are not finite there is unreadable, never run in the verifier.
 - `shield_this_process` makes the verifier's own process non-dumpable, so a parser that was exploited all the
   same cannot read the verifier's memory or environment through /proc as the same (non-root) user.
 
