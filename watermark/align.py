@@ -18,6 +18,10 @@ verifier holds the base model, so it can undo all of these, layer by layer from 
 - the scale is divided out of the incoming weights and multiplied into the outgoing weights, which then
   follow the neuron to its base position (copies of one neuron add up there).
 
+Given what the file's layers read on the base's probe inputs (`activations`), alignment goes by function as
+well: idle units and inputs are set aside, copies are grouped by their activations, outgoing weights fold by
+least squares on them, and a layer whose matched units reproduce too little cannot be analysed (`_fold`).
+
 A convolution's output channel is matched by its whole kernel (every tap, every input channel) and moves the
 next layer's input channel with it: the next convolution's at every tap, or a Dense layer's at every
 flattened location after a Flatten (max pooling commutes with both moves). The input features and the output
