@@ -52,9 +52,11 @@ _ROOT = Path(__file__).resolve().parents[1]
 _ARRAY = re.compile(r"^(kernel|bias)_(\d{3})$")
 _ACTIVATIONS = re.compile(r"^activations_(\d{3})$")
 _FORMAT = re.compile(r"^(keras|savedmodel|tflite (float16|float32|int8)(\+(float16|float32|int8)){0,2})$")
+_NOTE = re.compile(r"^[A-Za-z0-9 ,()_]{1,160}$")  # watermark.graph's notes: words, op names, counts
 _SUFFIX = re.compile(r"^\.[A-Za-z0-9]{1,10}$")
 EXIT_UNREADABLE = 3
 MAX_LAYERS = 256
+MAX_FOLDED_NOTES = 500  # a note per rewrite, which removes an op: at most watermark.graph.MAX_OPS
 MAX_REASON_BYTES = 2048
 MAX_INPUT_BYTES = 2 << 30
 _CLONE_NEWUSER, _CLONE_NEWNET = 0x10000000, 0x40000000
@@ -198,7 +200,8 @@ def to_npz(model: ReadModel) -> bytes:
     arrays = {f"kernel_{i:03d}": np.asarray(k, np.float64) for i, k in enumerate(model.kernels)}
     arrays |= {f"bias_{i:03d}": np.asarray(b, np.float64) for i, b in enumerate(model.biases)}
     buffer = io.BytesIO()
-    np.savez(buffer, format=np.array(model.format), kinds=np.array(",".join(model.layer_kinds)), **arrays)
+    np.savez(buffer, format=np.array(model.format), kinds=np.array(",".join(model.layer_kinds)),
+             folded=np.array("\n".join(model.folded)), **arrays)
     return buffer.getvalue()
 
 
@@ -213,6 +216,12 @@ def from_npz(data: bytes) -> ReadModel:
     if kinds is None or kinds.dtype.kind != "U" or kinds.ndim != 0:
         raise UnreadableModel("the model parser handed back no layer kinds")
     kinds = str(kinds).split(",")
+    folded = loaded.pop("folded", None)
+    if folded is None or folded.dtype.kind != "U" or folded.ndim != 0:
+        raise UnreadableModel("the model parser handed back no account of the graph's folding")
+    notes = tuple(str(folded).split("\n")) if str(folded) else ()
+    if len(notes) > MAX_FOLDED_NOTES or not all(_NOTE.match(note) for note in notes):
+        raise UnreadableModel("the model parser handed back an account of the graph's folding it does not write")
     layers: dict[str, dict[int, np.ndarray]] = {"kernel": {}, "bias": {}}
     for name, array in loaded.items():
         match = _ARRAY.match(name)
@@ -228,7 +237,7 @@ def from_npz(data: bytes) -> ReadModel:
     if len(kinds) != count or any(kind not in LAYER_KINDS for kind in kinds) \
             or any(k.ndim != LAYER_KINDS[kind] for k, kind in zip(kernels, kinds)) or any(b.ndim != 1 for b in biases):
         raise UnreadableModel("the model parser handed back weights of the wrong shape")
-    return ReadModel(str(form), kernels, biases, kinds)
+    return ReadModel(str(form), kernels, biases, kinds, notes)
 
 
 def activations_to_npz(activations: list[np.ndarray]) -> bytes:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -190,7 +190,8 @@ def verify(
     identities = nameless + sum(len(group) for group in groups.values())
     threshold = log10_threshold(identities, alpha)
     scored: list[tuple[float, Identity, list[_Record]]] = []
-    alignment_report: list[str] = []
+    alignment_report = [f"the file's graph, folded to the base model's form: {note}"
+                        + (f" ({count} times)" if count > 1 else "") for note, count in Counter(suspect.folded).items()]
     weak_alignment: list[str] = []
     ambiguous: list[str] = []
     incompatible: list[IncompatibleModel] = []

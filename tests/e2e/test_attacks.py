@@ -102,3 +102,20 @@ def test_a_leak_handed_over_as_keras_or_savedmodel_is_traced(issued, tmp_path, f
     assert verdict.accused == ["alice"] and verdict.format == form
     # a Keras file runs on the probe; a SavedModel is not run, and the verdict says alignment went by weights
     assert verdict.needs_review == (form == "savedmodel")
+
+
+@pytest.mark.parametrize("how", attacks.REEXPRESSIONS + ("weights computed at run time", "a dead branch with bob's weights"))
+def test_a_reexpressed_graph_is_folded_and_traced(issued, how):
+    """The leak's graph re-expressed as a thief might (watermark.graph folds each back): alice, and only alice."""
+    original = issued.models["alice"]
+    rng = np.random.default_rng(13)
+    if how == "weights computed at run time":
+        data = attacks.computed_weights(issued.tflite["alice"], rng)
+    elif how.startswith("a dead branch"):
+        data = attacks.dead_branch(issued.tflite["alice"], issued.models["bob"])
+    else:
+        data = attacks.reexpress(Weights(original.kernels, original.biases), how, rng)
+    verdict = verify_model(data, issued.ports)
+    assert verdict.accused == ["alice"]
+    if how in ("identity layers", "split and concatenate", "1x1 convolutions", "permuted by a gather"):
+        assert any("folded to the base model's form" in line for line in verdict.alignment)

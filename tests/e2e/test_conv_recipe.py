@@ -86,6 +86,16 @@ def test_function_preserving_edits_of_the_channels_still_name_the_user(conv_issu
             assert units == base_units and dummies == 0
 
 
+@pytest.mark.parametrize("how", ["identity layers with ReLU", "split and concatenate", "permuted by a gather"])
+def test_a_reexpressed_conv_graph_is_folded_and_still_names_the_user(conv_issued, how):
+    """Conv1D layers split in halves and concatenated, identity layers after each hidden layer, or channels
+    permuted by a GATHER before the pooling: folded back to the base's chain (watermark.graph)."""
+    data = attacks.reexpress(_weights(conv_issued.tflite["user-003"]), how, np.random.default_rng(8))
+    verdict = verify_model(data, conv_issued.ports)
+    assert verdict.accused == ["user-003"]
+    assert any("folded to the base model's form" in line for line in verdict.alignment)
+
+
 def test_a_per_channel_int8_conv_file_is_read_and_names_the_user(conv_issued):
     from watermark.reader import read_tflite
 

@@ -324,15 +324,173 @@ def fine_tune(w: Weights, x: np.ndarray, y: np.ndarray, epochs: int, learning_ra
     return from_keras(keras_model, w)
 
 
+REEXPRESSIONS = ("identity layers", "identity layers with ReLU", "split and concatenate", "1x1 convolutions",
+                 "rescaled by a constant", "permuted by a gather")
+
+
+def reexpress(w: Weights, how: str, rng: np.random.Generator) -> bytes:
+    """A float32 TFLite file computing what `w` computes, its graph re-expressed (REEXPRESSIONS): an identity
+    layer after every hidden layer (without or with ReLU), every hidden layer split in two halves and
+    concatenated, every dense layer written as a 1x1 convolution of one position, every hidden layer's
+    output multiplied by a positive constant per unit (0.5 to 2) that the next layer divides out, or its
+    units permuted by a GATHER op that the next layer's weights undo."""
+    import keras
+
+    if how not in REEXPRESSIONS:
+        raise ValueError(f"unknown re-expression {how!r}")
+    original = to_keras(w)
+    weighted = [layer for layer in original.layers if type(layer).__name__ in KINDS]
+    hidden = weighted[:-1]
+    scales = {id(layer): rng.uniform(0.5, 2.0, layer.get_weights()[0].shape[-1]) for layer in hidden}
+    orders = {id(layer): rng.permutation(layer.get_weights()[0].shape[-1]) for layer in hidden}
+    undo: dict[int, object] = {}  # a layer: what its kernel's rows, viewed (-1, units, out), must undo
+    x = inputs = keras.Input(original.input_shape[1:])
+    for layer in original.layers:
+        if type(layer).__name__ not in KINDS:
+            x = layer(x)
+            continue
+        kernel, bias = layer.get_weights()
+        if id(layer) in undo:
+            kernel = undo[id(layer)](kernel)
+        activation = layer.get_config()["activation"]
+        units = kernel.shape[-1]
+        if how == "split and concatenate" and layer in hidden:
+            half = units // 2
+            parts = []
+            for columns in (slice(0, half), slice(half, units)):
+                part = type(layer).from_config({**layer.get_config(), "name": None,
+                                                WIDTHS[type(layer).__name__]: columns.stop - columns.start})
+                part.build(x.shape)
+                part.set_weights([kernel[..., columns], bias[columns]])
+                parts.append(part(x))
+            x = keras.layers.Concatenate()(parts)
+        elif how == "1x1 convolutions" and isinstance(layer, keras.layers.Dense) and len(x.shape) == 2:
+            conv = keras.layers.Conv2D(units, 1, activation=activation)
+            reshaped = keras.layers.Reshape((1, 1, kernel.shape[0]))(x)
+            conv.build(reshaped.shape)
+            conv.set_weights([kernel[None, None], bias])
+            x = keras.layers.Reshape((units,))(conv(reshaped))
+        else:
+            copy_ = type(layer).from_config({**layer.get_config(), "name": None})
+            copy_.build(x.shape)
+            copy_.set_weights([kernel, bias])
+            x = copy_(x)
+        if layer in hidden and how.startswith("identity layers"):
+            identity = keras.layers.Dense(units, activation="relu" if how.endswith("ReLU") else None)
+            identity.build(x.shape)
+            identity.set_weights([np.eye(units, dtype=np.float32), np.zeros(units, np.float32)])
+            x = identity(x)
+        elif layer in hidden and how == "rescaled by a constant":
+            scale = scales[id(layer)]
+            x = keras.layers.Rescaling(scale.astype(np.float32))(x)
+            undo[id(weighted[weighted.index(layer) + 1])] = lambda k, s=scale: (
+                k.reshape(-1, s.size, k.shape[-1]) / s[None, :, None]).reshape(k.shape)
+        elif layer in hidden and how == "permuted by a gather":
+            order = orders[id(layer)]
+            x = keras.layers.Lambda(lambda t, o=order: keras.ops.take(t, o, axis=-1))(x)
+            undo[id(weighted[weighted.index(layer) + 1])] = lambda k, o=order: (
+                k.reshape(-1, o.size, k.shape[-1])[:, o, :]).reshape(k.shape)
+    return _converted(keras.Model(inputs, x))
+
+
+def computed_weights(data: bytes, rng: np.random.Generator) -> bytes:
+    """`data` (a float32 TFLite model) with each weight layer's kernel computed at run time: an ADD of a random
+    constant and the kernel minus it, so that no constant in the file is the kernel."""
+    def edit(model, schema) -> None:
+        graph = model.subgraphs[0]
+        adds = []
+        for op in graph.operators:
+            if _opcode(model, schema, op) not in ("FULLY_CONNECTED", "CONV_2D"):
+                continue
+            kernel = graph.tensors[op.inputs[1]]
+            values = np.frombuffer(bytes(model.buffers[kernel.buffer].data), "<f4").reshape(kernel.shape)
+            noise = rng.normal(0, float(np.std(values)) + 1e-3, values.shape).astype("<f4")
+            parts = [_constant_tensor(model, schema, noise), _constant_tensor(model, schema, values - noise)]
+            computed = len(graph.tensors)
+            graph.tensors.append(_tensor(schema, kernel.shape))
+            adds.append(_operator(model, schema, "ADD", parts, [computed], "AddOptions"))
+            op.inputs = np.array([*op.inputs[:1], computed, *op.inputs[2:]], np.int32)
+        graph.operators[:0] = adds  # they read constants alone: first in execution order
+    return _edited(data, edit)
+
+
+def dead_branch(data: bytes, other: Weights) -> bytes:
+    """`data` (a float32 TFLite dense model) with a second chain of FULLY_CONNECTED layers holding `other`'s
+    weights, reading the model's input, whose result nobody reads: the file contains `other`'s weights, its
+    output does not depend on them."""
+    def edit(model, schema) -> None:
+        graph = model.subgraphs[0]
+        current = int(graph.inputs[0])
+        for kernel, bias in zip(other.kernels, other.biases, strict=True):
+            inputs = [current, _constant_tensor(model, schema, kernel.T.astype("<f4")),
+                      _constant_tensor(model, schema, bias.astype("<f4"))]
+            current = len(graph.tensors)
+            graph.tensors.append(_tensor(schema, [1, kernel.shape[1]]))
+            graph.operators.append(_operator(model, schema, "FULLY_CONNECTED", inputs, [current],
+                                             "FullyConnectedOptions"))
+    return _edited(data, edit)
+
+
+def _edited(data: bytes, edit) -> bytes:
+    """A TFLite file rewritten through the schema's object API: `edit(model, schema)` changes the model."""
+    import flatbuffers
+    from ai_edge_litert import schema_py_generated as schema
+
+    model = schema.ModelT.InitFromPackedBuf(data, 0)
+    edit(model, schema)
+    builder = flatbuffers.Builder(len(data) + 1024)
+    builder.Finish(model.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
+def _opcode(model, schema, op) -> str:
+    code = model.operatorCodes[op.opcodeIndex]
+    number = max(code.builtinCode, code.deprecatedBuiltinCode)
+    return next(name for name, value in vars(schema.BuiltinOperator).items() if value == number)
+
+
+def _tensor(schema, shape, buffer: int = 0):
+    tensor = schema.TensorT()
+    tensor.shape, tensor.type, tensor.buffer = np.array(shape, np.int32), schema.TensorType.FLOAT32, buffer
+    tensor.name = f"edited_{id(tensor)}".encode()
+    return tensor
+
+
+def _constant_tensor(model, schema, values: np.ndarray) -> int:
+    buffer = schema.BufferT()
+    buffer.data = np.frombuffer(np.ascontiguousarray(values, "<f4").tobytes(), np.uint8)
+    model.buffers.append(buffer)
+    model.subgraphs[0].tensors.append(_tensor(schema, values.shape, len(model.buffers) - 1))
+    return len(model.subgraphs[0].tensors) - 1
+
+
+def _operator(model, schema, name: str, inputs: list[int], outputs: list[int], options: str):
+    number = getattr(schema.BuiltinOperator, name)
+    found = [i for i, c in enumerate(model.operatorCodes) if max(c.builtinCode, c.deprecatedBuiltinCode) == number]
+    if not found:
+        code = schema.OperatorCodeT()
+        code.builtinCode, code.deprecatedBuiltinCode, code.version = number, min(number, 127), 1
+        model.operatorCodes.append(code)
+        found = [len(model.operatorCodes) - 1]
+    op = schema.OperatorT()
+    op.opcodeIndex, op.inputs, op.outputs = found[0], np.array(inputs, np.int32), np.array(outputs, np.int32)
+    op.builtinOptionsType = getattr(schema.BuiltinOptions, options)
+    op.builtinOptions = getattr(schema, f"{options}T")()
+    return op
+
+
 def to_tflite(w: Weights, quantization: str = "float32", representative: np.ndarray | None = None) -> bytes:
     """Convert as an attacker would: float32, float16, dynamic-range int8, or full-integer int8."""
+    return _converted(to_keras(w), quantization, representative)
+
+
+def _converted(keras_model, quantization: str = "float32", representative: np.ndarray | None = None) -> bytes:
     import contextlib
     import io
     import warnings
 
     import tensorflow as tf
 
-    keras_model = to_keras(w)
     converter = tf.lite.TFLiteConverter.from_keras_model(keras_model)
     if quantization != "float32":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
