@@ -1,6 +1,7 @@
 """Robustness of the fingerprint: every attack and strength against many issued models, and null trials.
 
     python bench/robustness.py [--recipe digits-mlp] [--users 20] [--strength S] [--out bench-out]
+                               [--attacks TEXT ...] [--sections collusion,copies,null]
 
 Issues models to --users users of the recipe through the real pipeline (embedded adapters; the recipe's base
 model published first, each user's data in the user-data bucket) and prints what the fingerprint costs on their
@@ -10,7 +11,7 @@ edit Dense and convolution kernels alike, watermark/research/attacks.py). Both d
 probe, as `iml verify` aligns a file: the attacked weights run in Keras, a converted file in LiteRT; informed;
 accusing at alpha / M) and the anchor's (sign extraction, binomial tail, accusing at the same alpha / M). Per attack: the attacked accuracy on the user's held-out data; whether it stays within 5
 points (only then does the attack count); the true user's rank and p-value; whether the true user was accused
-at alpha 1e-9; how many innocents were (for decoys, the user whose weights were planted counts as innocent). Collusion: groups of k users pooling their models. Copies: five users
+at alpha 1e-9; how many innocents were (for decoys and dead branches, the user whose weights were planted counts as innocent). Re-expressed graphs (identity layers, split layers, 1x1 convolutions, constants, gathers, computed weights) are TFLite files the verifier folds back (watermark/graph.py). Collusion: groups of k users pooling their models. Copies: five users
 each ask for four more models and pool k of their own copies (midpoint, mean, median). Null trials: every
 issued model scored against never-issued codewords (at least 10,000 pairs), plus models never issued (the base
 model and a model trained from another seed) against the ledger: the empirical distribution of z is plotted
@@ -128,6 +129,13 @@ def weight_attacks(rng: np.random.Generator, recipe: str, models: dict[str, Weig
         attacks.inactive_flood(w, f, s, rng), rng)) for f, s in ((0.02, 20), (0.1, 20), (0.3, 10))]
     table += [("decoys: another user's weights", "every unit", lambda w, u: attacks.permute_and_scale(
         attacks.decoys(w, planted(u)), rng))]
+    table += [("re-expressed graph", how, lambda w, u, how=how: attacks.reexpress(w, how, rng))
+              for how in attacks.REEXPRESSIONS]
+    table += [("re-expressed graph", "weights computed at run time",
+               lambda w, u: attacks.computed_weights(attacks.to_tflite(w), rng))]
+    if set(models[users[0]].kinds) == {"dense"}:  # the dead branch is a chain of dense layers
+        table += [("dead branch: another user's weights", "beside the model",
+                   lambda w, u: attacks.dead_branch(attacks.to_tflite(w), planted(u)))]
     return table
 
 
@@ -148,6 +156,10 @@ def runner(w: Weights):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--attacks", action="append", metavar="TEXT",
+                        help="only the attack families containing TEXT (repeatable); default: every attack")
+    parser.add_argument("--sections", type=lambda text: set(text.split(",")), default={"collusion", "copies", "null"},
+                        help="which of collusion,copies,null to run after the single-model attacks (default: all)")
     parser.add_argument("--recipe", default="digits-mlp", help="an installed recipe the demo simulates users of")
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
     parser.add_argument("--strength", type=float, default=Settings().watermark_strength,
@@ -192,6 +204,8 @@ def main() -> None:
         x, y = held(user, args.recipe)
         baseline = original.accuracy(x, y)
         for family, strength, attack in weight_attacks(rng, args.recipe, models):
+            if args.attacks and not any(text in family for text in args.attacks):
+                continue
             attacked, read, run = as_weights(attack(original, user), original)
             accuracy = attacked.accuracy(x, y)
             verdict = judge(read, run)
@@ -227,55 +241,58 @@ def main() -> None:
                       str(sum(r["anchor_innocents"] for r in results)))
     Console(width=160).print(table)
 
-    collusion = Table(title="Collusion: k users pool their models (5 groups each)")
-    for column in ("k", "how", "acc. drop (mean)", "some colluder accused", "all colluders accused",
-                   "innocents accused", "anchor: some colluder", "anchor: innocents"):
-        collusion.add_column(column, justify="right")
     users = list(models)
-    for k in (k for k in (2, 3, 5, 8) if k <= len(users)):
-        for how in ("mean", "median", "interleave"):
-            some = every = innocents = anchor_some = anchor_innocents = 0
-            drops = []
-            for _ in range(5):
-                group = list(rng.choice(users, size=k, replace=False))
-                pooled = attacks.collude([models[u] for u in group], how, rng)
-                x, y = held(group[0], args.recipe)
-                drops.append(models[group[0]].accuracy(x, y) - pooled.accuracy(x, y))
-                verdict = judge(pooled.read(), runner(pooled))
-                accused = set(verdict.accused) if verdict else set()
-                some += bool(accused & set(group))
-                every += set(group) <= accused
-                innocents += len(accused - set(group))
-                anchor = anchor_accuses(pooled)
-                anchor_some += bool(anchor & set(group))
-                anchor_innocents += len(anchor - set(group))
-            collusion.add_row(str(k), how, f"{100 * statistics.mean(drops):.1f} pts", f"{some}/5", f"{every}/5",
-                              str(innocents), f"{anchor_some}/5", str(anchor_innocents))
-    Console(width=160).print(collusion)
+    if "collusion" in args.sections:
+        collusion = Table(title="Collusion: k users pool their models (5 groups each)")
+        for column in ("k", "how", "acc. drop (mean)", "some colluder accused", "all colluders accused",
+                       "innocents accused", "anchor: some colluder", "anchor: innocents"):
+            collusion.add_column(column, justify="right")
+        for k in (k for k in (2, 3, 5, 8) if k <= len(users)):
+            for how in ("mean", "median", "interleave"):
+                some = every = innocents = anchor_some = anchor_innocents = 0
+                drops = []
+                for _ in range(5):
+                    group = list(rng.choice(users, size=k, replace=False))
+                    pooled = attacks.collude([models[u] for u in group], how, rng)
+                    x, y = held(group[0], args.recipe)
+                    drops.append(models[group[0]].accuracy(x, y) - pooled.accuracy(x, y))
+                    verdict = judge(pooled.read(), runner(pooled))
+                    accused = set(verdict.accused) if verdict else set()
+                    some += bool(accused & set(group))
+                    every += set(group) <= accused
+                    innocents += len(accused - set(group))
+                    anchor = anchor_accuses(pooled)
+                    anchor_some += bool(anchor & set(group))
+                    anchor_innocents += len(anchor - set(group))
+                collusion.add_row(str(k), how, f"{100 * statistics.mean(drops):.1f} pts", f"{some}/5", f"{every}/5",
+                                  str(innocents), f"{anchor_some}/5", str(anchor_innocents))
+        Console(width=160).print(collusion)
 
-    copies = Table(title="A user's own copies pooled (one identity: the same codeword in each)")
-    for column in ("k", "how", "acc. drop (mean)", "user accused", "innocents accused", "median log10 p"):
-        copies.add_column(column, justify="right")
-    owners = users[:5]
-    more = sign_up(ports, owners, 4, args.recipe, first=2)  # r2..r5 beside each owner's r1
-    for k in (2, 3, 5):
-        for how in ("midpoint", "mean", "median"):
-            right = innocents = 0
-            drops, log10_p = [], []
-            for user in owners:
-                pooled = attacks.collude([issued[user]] + more[user][:k - 1], how, rng)
-                x, y = held(user, args.recipe)
-                drops.append(issued[user].accuracy(x, y) - pooled.accuracy(x, y))
-                verdict = judge(pooled.read(), runner(pooled))
-                right += bool(verdict) and user in verdict.accused
-                innocents += len(set(verdict.accused) - {user}) if verdict else 0
-                log10_p.append(next((c.log10_p_value for c in verdict.candidates if c.user_id == user), 0.0)
-                               if verdict else 0.0)
-            copies.add_row(str(k), how, f"{100 * statistics.mean(drops):.1f} pts", f"{right}/{len(owners)}",
-                           str(innocents), f"{statistics.median(log10_p):.1f}")
-    Console(width=160).print(copies)
+    if "copies" in args.sections:
+        copies = Table(title="A user's own copies pooled (one identity: the same codeword in each)")
+        for column in ("k", "how", "acc. drop (mean)", "user accused", "innocents accused", "median log10 p"):
+            copies.add_column(column, justify="right")
+        owners = users[:5]
+        more = sign_up(ports, owners, 4, args.recipe, first=2)  # r2..r5 beside each owner's r1
+        for k in (2, 3, 5):
+            for how in ("midpoint", "mean", "median"):
+                right = innocents = 0
+                drops, log10_p = [], []
+                for user in owners:
+                    pooled = attacks.collude([issued[user]] + more[user][:k - 1], how, rng)
+                    x, y = held(user, args.recipe)
+                    drops.append(issued[user].accuracy(x, y) - pooled.accuracy(x, y))
+                    verdict = judge(pooled.read(), runner(pooled))
+                    right += bool(verdict) and user in verdict.accused
+                    innocents += len(set(verdict.accused) - {user}) if verdict else 0
+                    log10_p.append(next((c.log10_p_value for c in verdict.candidates if c.user_id == user), 0.0)
+                                   if verdict else 0.0)
+                copies.add_row(str(k), how, f"{100 * statistics.mean(drops):.1f} pts", f"{right}/{len(owners)}",
+                               str(innocents), f"{statistics.median(log10_p):.1f}")
+        Console(width=160).print(copies)
 
-    null_trials(ports, models, args.recipe, args.out, rng)
+    if "null" in args.sections:
+        null_trials(ports, models, args.recipe, args.out, rng)
     shutil.rmtree(workdir, ignore_errors=True)
 
 
