@@ -16,10 +16,12 @@ folded back here, on the graph of the main subgraph, before any weight is read f
   into one;
 - ops whose results never reach the model's output (a dead branch holding someone else's weights) are dropped.
 
-What is left must be a chain: each weight layer reads what exactly the previous one produced (through
-activations, pooling, reshapes), and the output comes from the last. A branch, a skip connection, or weight
-layers inside a called subgraph (WHILE, IF, CALL) cannot be folded to the base's form: UnreadableModel, which
-the verifier reports as "cannot analyse" (exit 2), never as a verdict on the wrong weights.
+What is left must be a chain: each weight layer reads what the previous one alone produced (the first, the
+model's input), the output comes from the last, and only the ops of _BETWEEN compute on the data between
+them. A branch, a skip connection, any other op reading data, or weight layers inside a called subgraph
+(WHILE, IF, CALL) cannot be folded to the base's form: UnreadableModel, which the verifier reports as "cannot
+analyse" (exit 2), never as a verdict on weights the file may not use. Folds are exact: only float steps fold
+(an integer step clamps to its quantized range), and a selection step's other entries are exactly zero.
 
 Kernels come back in Keras orientation (dense (in, out), conv2d (kh, kw, in, out), depthwise_conv2d (kh, kw,
 in, multiplier)), as float64, each with the tensor it reads, so watermark.reader can run the file on the probe
@@ -48,8 +50,19 @@ _RESHAPES = {"RESHAPE", "SQUEEZE", "EXPAND_DIMS"}
 _COMMUTING = _RESHAPES | {"RELU", "MAX_POOL_2D", "AVERAGE_POOL_2D"}
 _ACTIVATIONS = {0: "NONE", 1: "RELU", 2: "RELU_N1_TO_1", 3: "RELU6", 4: "TANH", 5: "SIGN_BIT"}
 _SAME, _VALID = 0, 1
-# An entry this small beside its column's largest counts as zero when telling a selection step (float rounding).
-_SELECTION_TOLERANCE = 1e-6
+# The options each op folding reads; an op of these without them is crafted (LiteRT would run it on defaults).
+_OPTIONS = {"FULLY_CONNECTED": "FullyConnectedOptionsT", "CONV_2D": "Conv2DOptionsT",
+            "DEPTHWISE_CONV_2D": "DepthwiseConv2DOptionsT", "BATCH_MATMUL": "BatchMatMulOptionsT",
+            "CONCATENATION": "ConcatenationOptionsT", "GATHER": "GatherOptionsT"}
+# What may compute on the data between weight layers once folding is done: activations, pooling, reshapes and
+# the (de)quantization of an integer model; each acts per position or per channel and reads one data tensor.
+# Anything else that reads data (an ADD of two paths, a MUL by a constant not folded, a SUM, a TRANSPOSE) is a
+# computation the base model's form does not have, and the chain would not describe what the file computes.
+_BETWEEN = {"RELU", "RELU6", "RELU_N1_TO_1", "TANH", "LOGISTIC", "SOFTMAX", "LOG_SOFTMAX", "MAX_POOL_2D",
+            "AVERAGE_POOL_2D", "RESHAPE", "SQUEEZE", "EXPAND_DIMS", "QUANTIZE", "DEQUANTIZE"}
+# Ops that compute a shape from a shape (the converter's dynamic reshapes), harmless when only shapes read them.
+_SHAPE_OPS = {"SHAPE", "STRIDED_SLICE", "SLICE", "PACK", "GATHER", "REDUCE_PROD", "CONCATENATION", "CAST", "FILL",
+              "RESHAPE", "SQUEEZE", "EXPAND_DIMS"}
 # Folding rescans the graph after each rewrite; a re-expressed base model has tens of ops, not hundreds.
 MAX_OPS = 500
 
@@ -182,6 +195,9 @@ class _Graph:
     def _node(self, name: str, op) -> _Node:
         inputs, outputs = [int(t) for t in (op.inputs if op.inputs is not None else [])], _tensors(op.outputs)
         options = op.builtinOptions
+        expected = _OPTIONS.get(name)
+        if expected is not None and type(options).__name__ != expected:
+            raise UnreadableModel(f"a {name} op carries no {expected[:-1]} (a crafted graph)")
         activation = _ACTIVATIONS.get(getattr(options, "fusedActivationFunction", 0), "OTHER")
         data = [t for t in inputs if t >= 0 and t not in self.constant]
         if name in _RESHAPES or name == "SHAPE":  # a reshape's second input is its target shape, not data
@@ -191,6 +207,8 @@ class _Graph:
             if len(inputs) < 2 or inputs[0] not in data or any(t in data for t in inputs[1:]):
                 raise UnreadableModel(f"a {name} op multiplies by values that depend on the model's input (not "
                                       f"weights): not a form of the base model")
+        if name == "FULLY_CONNECTED" and options.weightsFormat != 0:
+            raise UnreadableModel("a FULLY_CONNECTED op stores its weights shuffled: not read")
         if name in WEIGHT_OPS:
             self._weights(node, inputs, options)
         elif name == "BATCH_MATMUL" and len(inputs) == 2 and not options.adjX:
@@ -258,13 +276,24 @@ class _Graph:
         for node in self.nodes:
             for t in node.inputs:
                 readers.setdefault(t, []).append(node)
+        shape_only = self._shape_only(readers)
+        return producer, {t: [r for r in found if id(r) not in shape_only] for t, found in readers.items()}
+
+    def _shape_only(self, readers: dict[int, list[_Node]]) -> set[int]:
+        """The ops (by id) whose results only shape computations read: SHAPE, and what feeds nothing but shapes
+        (a live op no op reads as data feeds a reshape's target shape)."""
         shape_only: set[int] = set()
         for node in reversed(self.nodes):  # execution order: an op's readers come after it
             read = [r for t in node.outputs for r in readers.get(t, [])]
-            if node.op == "SHAPE" or (read and all(id(r) in shape_only for r in read)
+            if node.op == "SHAPE" or (node.kind is None and all(id(r) in shape_only for r in read)
                                       and not set(node.outputs) & set(self.outputs)):
                 shape_only.add(id(node))
-        return producer, {t: [r for r in found if id(r) not in shape_only] for t, found in readers.items()}
+        return shape_only
+
+    def is_float(self, tensor: int) -> bool:
+        """A float tensor: an integer one clamps to its quantized range, so a step writing it is not linear."""
+        detail = self.details.get(tensor)
+        return detail is not None and np.issubdtype(detail["dtype"], np.floating)
 
     def channels(self, tensor: int) -> int:
         shape = self.shape(tensor)
@@ -309,7 +338,7 @@ class _Graph:
 
         for step in self.nodes:
             linear = (step.kind in ("dense", "conv2d") or step.scale is not None) and step.activation == "NONE"
-            if not linear or len(step.outputs) != 1:
+            if not linear or len(step.outputs) != 1 or not self.is_float(step.outputs[0]):
                 continue
             tensor, between = step.outputs[0], []
             reader = only_reader(tensor)
@@ -338,10 +367,9 @@ class _Graph:
         ReLU or pooling folds back into the weight layer before it."""
         producer, readers = self.producers_and_readers()
         for step in self.nodes:
-            if step.activation not in ("NONE", "RELU") or len(step.inputs) != 1:
-                continue
-            selection = _selection(step, self.channels(step.inputs[0]))
-            if selection is None:
+            selective = step.select is not None or (step.op == "MUL" and step.scale is not None) or step.pointwise
+            if not selective or step.activation not in ("NONE", "RELU") or len(step.inputs) != 1 \
+                    or not self.is_float(step.outputs[0]):
                 continue
             path, reader, tensor = [], step, step.inputs[0]
             source = producer.get(tensor)
@@ -352,7 +380,10 @@ class _Graph:
                 source = producer.get(tensor)
             if readers.get(tensor) != [reader] or tensor in self.outputs or source is None \
                     or source.kind not in ("dense", "conv2d") or source.activation not in ("NONE", "RELU") \
-                    or len(source.outputs) != 1 or source.kernel.shape[-1] != selection.shape[0]:
+                    or len(source.outputs) != 1 or source.kernel.shape[-1] != self.channels(step.inputs[0]):
+                continue
+            selection = _selection(step, self.channels(step.inputs[0]))
+            if selection is None:
                 continue
             source.kernel = source.kernel @ selection
             source.bias = source.bias @ selection
@@ -379,7 +410,7 @@ class _Graph:
                 continue
             parts, between = [part for part, _ in traced], [node for _, path in traced for node in path]
             first = parts[0]
-            if any(p.inputs != first.inputs or p.kind != first.kind or p.geometry != first.geometry
+            if not all(self.is_float(t) for t in concat.inputs) or any(p.inputs != first.inputs or p.kind != first.kind or p.geometry != first.geometry
                    or p.activation != first.activation or p.kernel.shape[:-1] != first.kernel.shape[:-1]
                    for p in parts):
                 continue
@@ -414,7 +445,20 @@ class _Graph:
         if not layers:
             raise UnreadableModel("the TFLite model has no fully-connected or convolution layers")
         producer, _ = self.producers_and_readers()
+        shape_only = self._shape_only({t: [n for n in self.nodes if t in n.inputs] for t in producer})
+        for node in self.nodes:
+            if node.kind is not None or not node.inputs:
+                continue
+            if id(node) in shape_only:
+                if node.op not in _SHAPE_OPS:
+                    raise UnreadableModel(f"an op {node.op} computes a shape from the data: not a form of the base "
+                                          f"model")
+            elif node.op not in _BETWEEN or len(node.inputs) != 1:
+                raise UnreadableModel(f"an op {node.op} computes on the data between the weight layers (reading "
+                                      f"{len(node.inputs)} data tensors): the graph cannot be folded to the base "
+                                      f"model's chain of layers")
         position = {id(node): n for n, node in enumerate(layers)}
+        position_of_input = -1  # the model's input, as if a layer before the first
 
         def nearest(tensor: int) -> set[int]:
             """The weight layers (by position) the tensor is computed from, with no weight layer between."""
@@ -422,17 +466,19 @@ class _Graph:
             while pending:
                 current = pending.pop()
                 node = producer.get(current)
-                if current in seen or node is None:
+                if current in seen:
                     continue
                 seen.add(current)
-                if node.kind is not None:
+                if node is None:  # the model's input, or a tensor nothing computes (a variable): never a layer
+                    found.add(position_of_input if current in self.inputs else -2)
+                elif node.kind is not None:
                     found.add(position[id(node)])
                 else:
                     pending += node.inputs
             return found
 
         for n, layer in enumerate(layers):
-            if nearest(layer.inputs[0]) != ({n - 1} if n else set()):
+            if nearest(layer.inputs[0]) != {n - 1}:
                 raise UnreadableModel(f"weight layer {n + 1} does not read the output of the layer before it "
                                       f"alone (a branch or a skip connection): the graph cannot be folded to the "
                                       f"base model's chain of layers")
@@ -473,8 +519,8 @@ def _compose(step: _Node, reader: _Node) -> tuple[np.ndarray, np.ndarray, _Node]
 
 def _selection(step: _Node, channels: int) -> np.ndarray | None:
     """The (m, k) matrix of a step that makes each of its k output channels one of its m input channels times a
-    positive factor, with no bias: a pointwise weight layer of that form (entries under _SELECTION_TOLERANCE
-    of their column's largest count as rounding), a GATHER of channels, or a MUL by a positive constant."""
+    positive factor, with no bias: a pointwise weight layer of that form (every other entry exactly zero), a
+    GATHER of channels, or a MUL by a positive constant."""
     if step.select is not None:
         return step.select if step.select.shape[0] == channels else None
     if step.scale is not None:
@@ -486,11 +532,9 @@ def _selection(step: _Node, channels: int) -> np.ndarray | None:
     matrix = step.matrix()
     if np.any(step.bias != 0) or not np.all(np.isfinite(matrix)):
         return None
-    largest = np.abs(matrix).max(axis=0, keepdims=True)
-    kept = np.where(np.abs(matrix) > _SELECTION_TOLERANCE * largest, matrix, 0.0)
-    if np.any(kept < 0) or np.any((kept > 0).sum(axis=0) != 1):
+    if np.any(matrix < 0) or np.any((matrix > 0).sum(axis=0) != 1):
         return None
-    return kept
+    return matrix
 
 
 def _joined(*numbers: str) -> str:

@@ -109,7 +109,16 @@ def test_graphs_that_are_not_a_chain_of_layers_are_refused_with_the_reason():
     def input_as_weights(x):  # a "layer" multiplying by values computed from the input
         return tf.nn.softmax(tf.nn.relu(x @ (tf.transpose(x) @ x)) @ w1 @ w3)
 
-    for function, reason in ((skip, "skip connection"), (split_inputs, "branch"),
-                             (in_a_subgraph, "inside subgraph"), (input_as_weights, "depend on the model's input")):
+    def hidden_beside_a_decoy(x):  # the working model as MUL and SUM ops, dense layers as a decoy added in
+        working = tf.reduce_sum(tf.expand_dims(tf.nn.relu(x @ w1), 2) * w3, axis=1)
+        return working + 1e-9 * (tf.nn.relu(x @ w1) @ w3)
+
+    def skip_from_the_input(x):
+        return tf.nn.softmax(tf.nn.relu(tf.nn.relu(x @ w1[:, :64]) + x) @ w3[:64])
+
+    for function, reason in ((skip, "ADD computes on the data"), (split_inputs, "computes on the data"),
+                             (in_a_subgraph, "inside subgraph"), (input_as_weights, "depend on the model's input"),
+                             (hidden_beside_a_decoy, "computes on the data"),
+                             (skip_from_the_input, "ADD computes on the data")):
         with pytest.raises(UnreadableModel, match=reason):
             read_tflite(_converted(function))
