@@ -186,6 +186,8 @@ class _Graph:
             if tensor not in self.dequantizes:
                 break
             tensor = self.dequantizes[tensor]
+        if tensor not in self.details:
+            raise UnreadableModel("a DEQUANTIZE op reads a tensor the model does not have")
         return dequantized(self.interpreter, self.details[tensor])
 
     def shape(self, tensor: int) -> tuple[int, ...]:
